@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-behaviour clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import sparse_reg, jax, flax, optax, gymnasium, minari"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/sparse-reg demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+# Behaviour-policy training (torch + sbx-rl) lives in its own environment so the core stays light.
+install-behaviour:
+	$(PYTHON) -m venv .venv-behaviour
+	.venv-behaviour/bin/python -m pip install -q -e '.[behaviour]'
+
+clean:
+	rm -rf $(VENV) .pytest_cache

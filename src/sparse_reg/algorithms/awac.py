@@ -1,0 +1,110 @@
+"""AWAC (Nair et al., 2020), following CORL's offline implementation.
+
+Critic (twin Q, no entropy term), a' ~ π(·|s'):
+    y = r + γ (1 − d) min_i Q'_i(s', a')
+    L_critic = Σ_i mean (Q_i(s, a) − y)²
+Actor, advantage-weighted regression with A = min_i Q_i(s, a) − min_i Q_i(s, a^π), a^π ~ π(·|s):
+    w = min(exp(A / λ), w_max)         (no gradient through w)
+    L_actor = −mean w · log π(a|s)
+The Gaussian actor's mean is unsquashed; sampled actions are clipped to [−1, 1]; the
+target critic tracks the critic at rate τ every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ..masked_net import MaskedNet, value_and_grad_of
+from ..networks import GaussianActor, NetworkConfig, TwinQ, gaussian_log_prob
+from .base import Algorithm, Batch, Regularization, make_optimizer
+
+
+@dataclass(frozen=True)
+class AWACConfig:
+    actor_learning_rate: float = 1e-3
+    critic_learning_rate: float = 1e-3
+    batch_size: int = 256
+    discount: float = 0.99
+    tau: float = 5e-3
+    awac_lambda: float = 1.0 / 3.0
+    exp_adv_max: float = 100.0
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    regularization: Regularization = field(default_factory=Regularization)
+
+
+class AWACState(struct.PyTreeNode):
+    actor: MaskedNet
+    critic: MaskedNet
+    rng: jax.Array
+    step: jax.Array
+    config: AWACConfig = struct.field(pytree_node=False)
+
+
+def init(config: AWACConfig, obs_dim: int, action_dim: int, key: jax.Array, total_steps: int) -> AWACState:
+    key, actor_key, critic_key = jax.random.split(key, 3)
+    obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
+    reg = config.regularization
+    actor = MaskedNet.create(
+        GaussianActor(config.network, action_dim, tanh_mean=False),
+        actor_key,
+        (obs,),
+        make_optimizer(config.actor_learning_rate, reg),
+    )
+    critic = MaskedNet.create(
+        TwinQ(config.network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
+    )
+    return AWACState(actor=actor, critic=critic, rng=key, step=jnp.zeros((), jnp.int32), config=config)
+
+
+def sample_action(state: AWACState, observations: jax.Array, key: jax.Array) -> jax.Array:
+    mean, log_std = state.actor(observations)
+    return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape), -1.0, 1.0)
+
+
+def critic_loss(state: AWACState, batch: Batch, key: jax.Array):
+    c = state.config
+    action_key, dropout_key = jax.random.split(key)
+    next_action = sample_action(state, batch.next_observations, action_key)
+    next_q = jnp.min(state.critic.target_call(batch.next_observations, next_action), axis=0)
+    target = jax.lax.stop_gradient(batch.rewards + c.discount * (1.0 - batch.dones) * next_q)
+    q = state.critic(batch.observations, batch.actions, dropout_key=dropout_key)
+    loss = jnp.sum(jnp.mean((q - target) ** 2, axis=1))
+    return loss, {"critic_loss": loss, "q_mean": jnp.mean(q)}
+
+
+def actor_loss(state: AWACState, batch: Batch, key: jax.Array):
+    c = state.config
+    action_key, dropout_key = jax.random.split(key)
+    policy_action = sample_action(state, batch.observations, action_key)
+    value = jnp.min(state.critic(batch.observations, policy_action), axis=0)
+    q = jnp.min(state.critic(batch.observations, batch.actions), axis=0)
+    weights = jax.lax.stop_gradient(jnp.minimum(jnp.exp((q - value) / c.awac_lambda), c.exp_adv_max))
+    mean, log_std = state.actor(batch.observations, dropout_key=dropout_key)
+    log_prob = gaussian_log_prob(mean, log_std, batch.actions)
+    loss = -jnp.mean(weights * log_prob)
+    return loss, {"actor_loss": loss, "adv_weight_mean": jnp.mean(weights)}
+
+
+def update(state: AWACState, batch: Batch) -> tuple[AWACState, dict]:
+    rng, critic_key, actor_key = jax.random.split(state.rng, 3)
+    (_, critic_metrics), grads = value_and_grad_of(critic_loss, state, "critic", batch, critic_key)
+    state = state.replace(critic=state.critic.apply_gradients(grads))
+    (_, actor_metrics), grads = value_and_grad_of(actor_loss, state, "actor", batch, actor_key)
+    state = state.replace(
+        actor=state.actor.apply_gradients(grads),
+        critic=state.critic.soft_update_target(state.config.tau),
+        rng=rng,
+        step=state.step + 1,
+    )
+    return state, {**critic_metrics, **actor_metrics}
+
+
+def act(state: AWACState, observations: jax.Array) -> jax.Array:
+    return jnp.clip(state.actor(observations)[0], -1.0, 1.0)
+
+
+AWAC = Algorithm("awac", AWACConfig, init, update, act, losses={"actor": actor_loss, "critic": critic_loss})

@@ -1,0 +1,176 @@
+"""``sparse-reg`` command line: argument parsing only; the work happens in the layers below."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data.dataset import DatasetError
+
+
+def _int(text: str) -> int:
+    """Integers with optional k/M suffix or underscores: 10k, 1M, 200_000."""
+    t = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1]) * scale) if scale > 1 else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+
+
+def _option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", default="iql", help="bc, td3bc, awac or iql (default: iql)")
+    p.add_argument("--dataset", default="halfcheetah-expert-v0", help="project dataset name, Minari id, .hdf5 or .npz path")
+    p.add_argument("--env", default=None, help="gymnasium id, if the dataset does not name it")
+    p.add_argument("--size", type=_int, default=10_000, help="training transitions (default 10k; 0 = all)")
+    p.add_argument("--subsample", choices=["trajectories", "first"], default="trajectories")
+    p.add_argument("--validation-size", type=_int, default=200_000, help="held-out transitions (capped by availability)")
+    p.add_argument("--sparsity", default="auto", help="'auto' (95%% up to 25k transitions, else 75%%) or a fraction in [0, 1)")
+    p.add_argument("--mask-interval", type=_int, default=5_000)
+    p.add_argument("--mask-until", type=_int, default=200_000, help="0 = masks fixed at initialisation (SFI)")
+    p.add_argument("--steps", type=_int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=_int, default=5_000)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--hidden-dims", type=_int, nargs="+", default=[256, 256])
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--layer-norm", action="store_true")
+    p.add_argument("--spectral-norm", action="store_true", help="on the penultimate layer")
+    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty coefficient on weights")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (paper: 0.01)")
+    p.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="algorithm option, e.g. --set beta=3.0 (repeatable)")
+
+
+def run_config_from_args(args: argparse.Namespace):
+    from .training.config import RunConfig
+
+    return RunConfig(
+        algo=args.algo,
+        dataset=args.dataset,
+        env=args.env,
+        size=args.size or None,
+        subsample=args.subsample,
+        validation_size=args.validation_size,
+        sparsity=args.sparsity,
+        mask_interval=args.mask_interval,
+        mask_until=args.mask_until,
+        steps=args.steps,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        hidden_dims=tuple(args.hidden_dims),
+        dropout=args.dropout,
+        layer_norm=args.layer_norm,
+        spectral_norm=args.spectral_norm,
+        l1=args.l1,
+        weight_decay=args.weight_decay,
+        algo_options=dict(args.set),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.trainer import train
+
+    config = run_config_from_args(args)
+    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(
+        f"{summary['algo']} on {summary['dataset']} ({summary['size']} transitions, seed {summary['seed']}): "
+        f"final return {summary['final_return']:.1f}, normalised score {summary['final_normalized_score']:.1f}; "
+        f"summary in {Path(args.out) / 'summary.json'}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .training.trainer import load_agent
+
+    result = load_agent(args.path).evaluate(episodes=args.episodes, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else
+          f"step {result['step']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
+          f"over {args.episodes} episodes, normalised score {result['normalized_score']:.1f}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import registry
+
+    if args.action == "list":
+        registry.datasets_list_command()
+    else:
+        for name in args.names:
+            registry.datasets_make_command(name, seed=args.seed, force=args.force)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.demo import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, size=args.size, dataset=args.dataset)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparse-reg", description="Offline RL on small datasets with Sparse-Reg.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one agent")
+    add_run_arguments(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a saved agent")
+    p.add_argument("path", help="run directory or its checkpoint file")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("datasets", help="list or build the project's MuJoCo datasets")
+    p.add_argument("action", choices=["list", "make"])
+    p.add_argument("names", nargs="*")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("demo", help="dense vs Sparse-Reg, BC and IQL, on a small budget")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--dataset", default="halfcheetah-expert-v0")
+    p.add_argument("--size", type=_int, default=10_000)
+    p.add_argument("--steps", type=_int, default=20_000)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "datasets" and args.action == "make" and not args.names:
+        parser.error("datasets make needs at least one NAME")
+    try:
+        return args.func(args)
+    except (ValueError, DatasetError, FileExistsError, FileNotFoundError) as error:
+        print(f"sparse-reg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparse-reg: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""MLPs and policy/value heads, with the regularisers the paper compares.
+
+Every network is a plain Flax module whose weight matrices are called ``kernel``:
+that name is how :mod:`sparse_reg.sparsity` knows what it may prune (biases and
+norm scales stay dense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture and architectural regularisers shared by all networks of an agent.
+
+    dropout: rate on every hidden layer (not the output), active only when a dropout
+        key is passed to the forward pass.
+    layer_norm: LayerNorm after every hidden layer's linear map (not the output).
+    spectral_norm: spectral normalisation of the penultimate linear layer
+        (the last hidden layer), as Miyato et al. recommend.
+    """
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+    dropout: float = 0.0
+    layer_norm: bool = False
+    spectral_norm: bool = False
+
+
+class SpectralDense(nn.Module):
+    """Dense layer whose kernel is divided by its largest singular value.
+
+    The singular vectors come from power iteration started from a fixed vector on
+    every call and are treated as constants for the gradient (as PyTorch's
+    ``spectral_norm`` does); being stateless keeps the update a pure function.
+    """
+
+    features: int
+    power_iterations: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        sigma = spectral_norm_estimate(kernel, self.power_iterations)
+        return x @ (kernel / sigma) + bias
+
+
+def spectral_norm_estimate(kernel: jax.Array, iterations: int) -> jax.Array:
+    """Largest singular value of ``kernel`` by power iteration, differentiable in ``kernel`` only."""
+    v = jnp.ones((kernel.shape[1],), kernel.dtype) / jnp.sqrt(kernel.shape[1])
+    w = jax.lax.stop_gradient(kernel)
+    for _ in range(iterations):
+        u = w @ v
+        u = u / (jnp.linalg.norm(u) + 1e-12)
+        v = w.T @ u
+        v = v / (jnp.linalg.norm(v) + 1e-12)
+    return u @ kernel @ v
+
+
+class MLP(nn.Module):
+    """ReLU MLP; regularisers apply to hidden layers only, never to the output layer."""
+
+    hidden_dims: Sequence[int]
+    output_dim: int
+    dropout: float = 0.0
+    layer_norm: bool = False
+    spectral_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for i, width in enumerate(self.hidden_dims):
+            penultimate = i == len(self.hidden_dims) - 1
+            x = SpectralDense(width)(x) if (self.spectral_norm and penultimate) else nn.Dense(width)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = nn.relu(x)
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.output_dim)(x)
+
+
+def _mlp(config: NetworkConfig, output_dim: int) -> MLP:
+    return MLP(config.hidden_dims, output_dim, config.dropout, config.layer_norm, config.spectral_norm)
+
+
+class DeterministicActor(nn.Module):
+    """a = max_action * tanh(MLP(s)) (BC, TD3+BC)."""
+
+    config: NetworkConfig
+    action_dim: int
+    max_action: float = 1.0
+
+    @nn.compact
+    def __call__(self, obs, train: bool = False):
+        return self.max_action * jnp.tanh(_mlp(self.config, self.action_dim)(obs, train))
+
+
+class GaussianActor(nn.Module):
+    """Diagonal Gaussian with state-independent log-std (IQL, AWAC).
+
+    ``tanh_mean`` squashes the mean into [-1, 1] (IQL's reference policy); AWAC's
+    reference policy leaves it unsquashed and clips sampled actions instead.
+    Returns (mean, log_std); the mean is also the deterministic action.
+    """
+
+    config: NetworkConfig
+    action_dim: int
+    tanh_mean: bool = True
+
+    @nn.compact
+    def __call__(self, obs, train: bool = False):
+        mean = _mlp(self.config, self.action_dim)(obs, train)
+        if self.tanh_mean:
+            mean = jnp.tanh(mean)
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+
+def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:
+    """Log-density of a diagonal Gaussian, summed over action dimensions."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+
+
+class StateValue(nn.Module):
+    """V(s)."""
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, obs, train: bool = False):
+        return _mlp(self.config, 1)(obs, train).squeeze(-1)
+
+
+class TwinQ(nn.Module):
+    """Two independent Q(s, a) networks in one module; returns both, shape (2, batch).
+
+    They are one *network* for Sparse-Reg: their weights compete in one global top-k,
+    as in the paper's code where both heads live in one critic module.
+    """
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, obs, action, train: bool = False):
+        ensemble = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=2,
+        )
+        c = self.config
+        x = jnp.concatenate([obs, action], axis=-1)
+        return ensemble(c.hidden_dims, 1, c.dropout, c.layer_norm, c.spectral_norm)(x, train).squeeze(-1)

@@ -1,0 +1,325 @@
+"""The run loop: dataset → train state → jitted ``lax.scan`` chunks → metrics → logs.
+
+Between chunks (never inside them) the host does the rare things: Sparse-Reg mask
+refreshes, evaluations and checkpoints. Chunk boundaries sit on absolute step numbers,
+so a resumed run executes exactly the same chunks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..algorithms import Algorithm, Batch, get_algorithm
+from ..data.dataset import Dataset, Normalizer, ReferenceScores
+from ..data.loaders import load_dataset
+from ..data.splits import split_train_validation
+from ..sparsity import SparseRegConfig, mask_statistics, refresh_masks, resolve_sparsity
+from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .config import RunConfig
+from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
+from .logging import METRICS_FILE, RunLogger, read_rows
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+class RunDirectoryError(FileExistsError):
+    pass
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Training and validation subsets, normalised, plus what evaluation needs."""
+
+    train: Dataset
+    validation: Dataset | None
+    normalizer: Normalizer
+    env_id: str
+    reference: ReferenceScores | None
+
+    @classmethod
+    def from_config(cls, config: RunConfig, dataset: Dataset | None = None) -> "PreparedData":
+        dataset = dataset if dataset is not None else load_dataset(config.dataset, env_id=config.env)
+        env_id = config.env or dataset.env_id
+        if env_id is None:
+            raise ValueError(f"dataset '{dataset.name}' does not name its environment: pass --env")
+        size = config.size if config.size is not None else len(dataset)
+        train, validation = split_train_validation(
+            dataset, size, config.validation_size, seed=config.seed, mode=config.subsample
+        )
+        return cls(train, validation, Normalizer.fit(train.observations), env_id, dataset.reference)
+
+
+def to_device_batch(data: Dataset, normalizer: Normalizer) -> Batch:
+    return Batch(
+        observations=jnp.asarray(normalizer(data.observations)),
+        actions=jnp.asarray(data.actions),
+        rewards=jnp.asarray(data.rewards),
+        next_observations=jnp.asarray(normalizer(data.next_observations)),
+        dones=jnp.asarray(data.terminals, dtype=jnp.float32),
+    )
+
+
+def sample_batch(data: Batch, key: jax.Array, batch_size: int) -> Batch:
+    index = jax.random.randint(key, (batch_size,), 0, data.rewards.shape[0])
+    return jax.tree_util.tree_map(lambda x: x[index], data)
+
+
+def make_chunk_runner(algorithm: Algorithm, batch_size: int) -> Callable:
+    """``run(state, key, data, length) -> (state, key, mean metrics)``: ``length`` updates in one scan."""
+
+    @partial(jax.jit, static_argnums=3)
+    def run(state, key, data: Batch, length: int):
+        def one_update(carry, _):
+            state, key = carry
+            key, batch_key = jax.random.split(key)
+            state, metrics = algorithm.update(state, sample_batch(data, batch_key, batch_size))
+            return (state, key), metrics
+
+        (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length)
+        # Some metrics are NaN on steps that skip an update (e.g. TD3+BC's delayed actor).
+        return state, key, jax.tree_util.tree_map(jnp.nanmean, metrics)
+
+    return run
+
+
+def make_mask_refresher(algorithm: Algorithm, sparse: SparseRegConfig, batch_size: int) -> Callable:
+    @jax.jit
+    def refresh(state, key, data: Batch):
+        key, batch_key, score_key = jax.random.split(key, 3)
+        state, stats = refresh_masks(state, algorithm.losses, sample_batch(data, batch_key, batch_size), score_key, sparse)
+        return state, key, stats
+
+    return refresh
+
+
+def with_all_ones_masks(state: Any, networks) -> Any:
+    """Give every scored network a mask (all ones) so the state's structure never changes."""
+    for name in networks:
+        net = getattr(state, name)
+        state = state.replace(**{name: net.replace(mask=jax.tree_util.tree_map(jnp.ones_like, net.params))})
+    return state
+
+
+def initial_state(config: RunConfig, obs_dim: int, action_dim: int, sparse: bool):
+    """The algorithm state and the data-sampling key of a fresh run (also a checkpoint template)."""
+    algorithm = get_algorithm(config.algo)
+    agent_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = algorithm.init(config.algorithm_config(), obs_dim, action_dim, agent_key, config.steps)
+    if sparse:
+        state = with_all_ones_masks(state, algorithm.losses)
+    return state, data_key
+
+
+def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    exists = out.exists() and any(out.iterdir())
+    if resume:
+        if not (out / "checkpoint.json").exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint in {out}")
+        return
+    if exists and not overwrite:
+        raise RunDirectoryError(f"output directory {out} already exists and is not empty: use --resume or --overwrite")
+    if exists:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_evaluation: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train one agent; writes logs, checkpoints and ``summary.json`` under ``out``; returns the summary.
+
+    ``on_evaluation(row)`` is called after each evaluation's checkpoint is written.
+    """
+    out = Path(out)
+    if resume and (out / CONFIG_FILE).exists():
+        config = RunConfig.load(out / CONFIG_FILE)
+    prepare_run_directory(out, resume, overwrite)
+    data = PreparedData.from_config(config, dataset)
+    algorithm = get_algorithm(config.algo)
+    algo_config = config.algorithm_config()
+    sparse = SparseRegConfig(resolve_sparsity(config.sparsity, len(data.train)), config.mask_interval, config.mask_until)
+
+    evaluator = RolloutEvaluator(data.env_id, config.eval_episodes)
+    if (evaluator.obs_dim, evaluator.action_dim) != (data.train.obs_dim, data.train.action_dim):
+        raise ValueError(
+            f"dataset '{data.train.name}' has obs/action dims {data.train.obs_dim}/{data.train.action_dim} but "
+            f"environment {data.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
+        )
+    train_batch = to_device_batch(data.train, data.normalizer)
+    validation_batch = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
+
+    state, data_key = initial_state(config, data.train.obs_dim, data.train.action_dim, sparse.enabled)
+    step = 0
+    if resume:
+        info = read_checkpoint_info(out)
+        state, data_key = load_checkpoint(out, (state, data_key))
+        step = int(info["step"])
+    else:
+        config.save(out / CONFIG_FILE)
+    logger = RunLogger(out, resume_step=step if resume else None)
+
+    run_chunk = make_chunk_runner(algorithm, algo_config.batch_size)
+    refresh = make_mask_refresher(algorithm, sparse, algo_config.batch_size)
+    policy = make_policy(algorithm.act, data.normalizer)
+    action_mse = make_action_mse(algorithm.act)
+    chunk = math.gcd(config.eval_every, sparse.interval) if sparse.enabled and sparse.until > 0 else config.eval_every
+
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {config.seed}")
+    started, metrics = time.time(), {}
+    try:
+        while step < config.steps:
+            if sparse.refresh_due(step):
+                state, data_key, stats = refresh(state, data_key, train_batch)
+                logger.log_masks(step, jax.tree_util.tree_map(float, jax.device_get(stats)))
+            length = min(chunk - step % chunk, config.steps - step)
+            state, data_key, metrics = run_chunk(state, data_key, train_batch, length)
+            step += length
+            bar.update(length)
+            if step % config.eval_every == 0 or step == config.steps:
+                returns = evaluator.run(lambda obs: policy(state, obs), evaluation_seed(config.seed, step))
+                row = {
+                    "step": step,
+                    "return_mean": float(np.mean(returns)),
+                    "return_std": float(np.std(returns)),
+                    "normalized_score": _normalized(data.reference, np.mean(returns)),
+                    "train_mse": action_mse(state, train_batch.observations, train_batch.actions),
+                    "validation_mse": (
+                        action_mse(state, validation_batch.observations, validation_batch.actions)
+                        if validation_batch is not None
+                        else math.nan
+                    ),
+                    **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                    "wall_s": round(time.time() - started, 2),
+                }
+                logger.log_evaluation(row)
+                save_checkpoint(out, (state, data_key), _checkpoint_info(step, data, sparse.enabled))
+                bar.set_postfix(ret=f"{row['return_mean']:.0f}", score=f"{row['normalized_score']:.1f}")
+                if on_evaluation is not None:
+                    on_evaluation(row)
+    finally:
+        bar.close()
+        logger.close()
+        evaluator.close()
+
+    summary = build_summary(config, data, state, algorithm, read_rows(out / METRICS_FILE))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _normalized(reference: ReferenceScores | None, episode_return: float) -> float:
+    return float(reference.normalize(episode_return)) if reference is not None else math.nan
+
+
+def _checkpoint_info(step: int, data: PreparedData, sparse: bool) -> dict:
+    return {
+        "step": step,
+        "obs_dim": data.train.obs_dim,
+        "action_dim": data.train.action_dim,
+        "sparse": sparse,
+        "env_id": data.env_id,
+        "normalizer": data.normalizer.to_dict(),
+        "reference": None if data.reference is None else {"random": data.reference.random, "expert": data.reference.expert},
+    }
+
+
+def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
+    """Fraction of weight entries masked, per network that Sparse-Reg scores."""
+    result = {}
+    for name in algorithm.losses:
+        mask = getattr(state, name).mask
+        result[name] = 0.0 if mask is None else float(mask_statistics(mask, mask)["total"]["sparsity"])
+    return result
+
+
+def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: Algorithm, rows: list[dict]) -> dict:
+    history = [
+        {k: row[k] for k in ("step", "return_mean", "return_std", "normalized_score", "train_mse", "validation_mse")}
+        for row in rows
+    ]
+    final = history[-1] if history else {}
+    return {
+        "algo": config.algo,
+        "dataset": config.dataset,
+        "env": data.env_id,
+        "size": len(data.train),
+        "validation_size": 0 if data.validation is None else len(data.validation),
+        "seed": config.seed,
+        "steps": config.steps,
+        "sparsity": network_sparsity(state, algorithm),
+        "final_return": final.get("return_mean"),
+        "final_normalized_score": final.get("normalized_score"),
+        "reference_scores": None
+        if data.reference is None
+        else {"random": data.reference.random, "expert": data.reference.expert},
+        "config": config.to_dict(),
+        "eval_history": history,
+    }
+
+
+@dataclass
+class Agent:
+    """A trained agent restored from a run directory: ``act`` takes raw observations."""
+
+    algorithm: Algorithm
+    state: Any
+    normalizer: Normalizer
+    env_id: str
+    reference: ReferenceScores | None
+    step: int
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        return np.asarray(make_policy(self.algorithm.act, self.normalizer)(self.state, jnp.asarray(observations)))
+
+    def evaluate(self, episodes: int = 10, seed: int = 0) -> dict:
+        evaluator = RolloutEvaluator(self.env_id, episodes)
+        policy = make_policy(self.algorithm.act, self.normalizer)
+        try:
+            returns = evaluator.run(lambda obs: policy(self.state, obs), seed)
+        finally:
+            evaluator.close()
+        return {
+            "step": self.step,
+            "episodes": episodes,
+            "returns": returns.tolist(),
+            "return_mean": float(np.mean(returns)),
+            "return_std": float(np.std(returns)),
+            "normalized_score": _normalized(self.reference, float(np.mean(returns))),
+        }
+
+
+def load_agent(path: str | Path) -> Agent:
+    """Restore the agent of a run directory (or of the checkpoint file inside one)."""
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    if not (directory / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{path} is not a run directory (missing {CONFIG_FILE})")
+    config = RunConfig.load(directory / CONFIG_FILE)
+    info = read_checkpoint_info(directory)
+    template = initial_state(config, info["obs_dim"], info["action_dim"], info["sparse"])
+    state, _ = load_checkpoint(directory, template)
+    reference = ReferenceScores(**info["reference"]) if info.get("reference") else None
+    return Agent(
+        get_algorithm(config.algo), state, Normalizer.from_dict(info["normalizer"]), info["env_id"], reference, info["step"]
+    )
