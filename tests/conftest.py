@@ -1,0 +1,43 @@
+"""Shared fixtures: small real MuJoCo datasets made on the fly (no downloads)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from sparse_reg.data import Dataset, ReferenceScores, save_npz
+from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+
+
+def random_policy_dataset(env_id: str, n: int, seed: int = 0, max_episode_steps: int = 200) -> Dataset:
+    """``n`` transitions of uniform random actions; episodes cut at ``max_episode_steps``."""
+    env = gym.make(env_id, max_episode_steps=max_episode_steps)
+    rng = np.random.default_rng(seed)
+    columns = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
+    obs, _ = env.reset(seed=seed)
+    for i in range(n):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        truncated = truncated or i == n - 1
+        for key, value in zip(columns, (obs, action, reward, next_obs, terminated, truncated)):
+            columns[key].append(value)
+        obs = env.reset()[0] if (terminated or truncated) else next_obs
+    env.close()
+    return Dataset(**{k: np.asarray(v) for k, v in columns.items()}, env_id=env_id, name=f"{env_id}-random",
+                   reference=D4RL_REFERENCE_SCORES["hopper"] if env_id.startswith("Hopper") else None)
+
+
+@pytest.fixture(scope="session")
+def hopper_random() -> Dataset:
+    return random_policy_dataset("Hopper-v5", 3000)
+
+
+@pytest.fixture(scope="session")
+def hopper_random_npz(hopper_random, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "hopper_random.npz"
+    save_npz(hopper_random, path)
+    return str(path)
+
+
+__all__ = ["ReferenceScores", "random_policy_dataset"]

@@ -1,0 +1,123 @@
+"""The run loop: logs, mask schedule, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sparse_reg.training.config import RunConfig
+from sparse_reg.training.logging import read_rows
+from sparse_reg.training.trainer import load_agent, train
+
+SMALL = dict(
+    dataset="hopper-random",
+    size=1500,
+    validation_size=800,
+    steps=600,
+    eval_every=200,
+    eval_episodes=2,
+    mask_interval=200,
+    mask_until=400,
+    hidden_dims=(32, 32),
+)
+
+
+def small_config(**changes) -> RunConfig:
+    return RunConfig(**{**SMALL, **changes})
+
+
+def masks_of(run_dir):
+    state = load_agent(run_dir).state
+    return {name: jax.device_get(getattr(state, name).mask) for name in ("actor", "critic", "value")}
+
+
+def trees_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_sparse_iql_run_writes_summary_logs_and_follows_mask_schedule(tmp_path, hopper_random):
+    captured = {}
+    summary = train(
+        small_config(algo="iql", sparsity=0.9),
+        tmp_path / "run",
+        dataset=hopper_random,
+        progress=False,
+        on_evaluation=lambda row: captured.__setitem__(row["step"], masks_of(tmp_path / "run")),
+    )
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("algo", "dataset", "env", "size", "seed", "steps", "sparsity", "final_return",
+                "final_normalized_score", "eval_history"):
+        assert key in summary
+    assert summary["size"] == 1500 and summary["env"] == "Hopper-v5"
+    assert [row["step"] for row in summary["eval_history"]] == [200, 400, 600]
+    for network, fraction in summary["sparsity"].items():
+        assert fraction == pytest.approx(0.9, abs=1e-3), network  # k is rounded to whole weights
+    ref = summary["reference_scores"]
+    expected_score = 100 * (summary["final_return"] - ref["random"]) / (ref["expert"] - ref["random"])
+    assert summary["final_normalized_score"] == pytest.approx(expected_score)
+
+    # Masks are refreshed at steps 0 and 200 only (mask_until=400), then frozen.
+    mask_rows = read_rows(tmp_path / "run" / "masks.csv")
+    assert sorted({row["step"] for row in mask_rows}) == [0, 200]
+    assert {row["network"] for row in mask_rows} == {"actor", "critic", "value"}
+    assert not trees_equal(captured[200], captured[400])  # the refresh at 200 changed something
+    assert trees_equal(captured[400], captured[600])  # nothing after mask_until
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_dense_run_has_no_masks(tmp_path, hopper_random):
+    summary = train(small_config(algo="bc", sparsity=0.0, steps=200), tmp_path / "run", dataset=hopper_random,
+                    progress=False)
+    assert summary["sparsity"] == {"actor": 0.0}
+    assert not (tmp_path / "run" / "masks.csv").exists()
+
+
+@pytest.mark.parametrize("algo", ["bc", "td3bc", "awac"])
+def test_every_algorithm_runs_sparse_through_the_trainer(tmp_path, hopper_random, algo):
+    summary = train(small_config(algo=algo, sparsity="auto", steps=200), tmp_path / "run", dataset=hopper_random,
+                    progress=False)
+    assert all(f == pytest.approx(0.95, abs=1e-3) for f in summary["sparsity"].values())
+    assert np.isfinite(summary["final_return"])
+    assert np.isfinite(summary["eval_history"][-1]["validation_mse"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, hopper_random):
+    config = small_config(algo="td3bc", sparsity=0.95)
+    train(config, tmp_path / "full", dataset=hopper_random, progress=False)
+
+    def stop_at_400(row):
+        if row["step"] == 400:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_400)
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"] == 400
+    train(config, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
+
+    def comparable(rows):
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+    full, cut = (read_rows(tmp_path / d / "metrics.csv") for d in ("full", "cut"))
+    assert [r["step"] for r in cut] == [200, 400, 600]
+    assert comparable(full) == comparable(cut)
+    assert read_rows(tmp_path / "full" / "masks.csv") == read_rows(tmp_path / "cut" / "masks.csv")
+    assert trees_equal(load_agent(tmp_path / "full").state, load_agent(tmp_path / "cut").state)
+
+
+def test_saved_agent_reproduces_its_last_evaluation(tmp_path, hopper_random):
+    summary = train(small_config(algo="bc", sparsity=0.5, steps=200), tmp_path / "run", dataset=hopper_random,
+                    progress=False)
+    agent = load_agent(tmp_path / "run" / "checkpoint.msgpack")
+    assert agent.step == 200
+    obs = hopper_random.observations[:7]
+    actions = agent.act(obs)
+    assert actions.shape == (7, 3) and np.all(np.abs(actions) <= 1.0)
+    assert summary["sparsity"]["actor"] == pytest.approx(0.5, abs=1e-3)
