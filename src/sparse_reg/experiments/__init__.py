@@ -1,0 +1,1 @@
+"""Experiments built on the engine: the demo, paper configs, sweeps and reports."""
