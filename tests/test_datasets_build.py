@@ -1,0 +1,340 @@
+"""Building the project's datasets: collection, replay schedule, Minari storage, registry.
+
+Everything runs on Hopper-v5 (cheap steps, and random policies fall over, so episodes end both
+by termination and by truncation) with tiny random behaviour policies written into a temporary
+"policies" directory, short episodes and a few hundred transitions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_reg.data import loaders, registry
+from sparse_reg.data.behaviour_policy import BehaviourPolicy
+from sparse_reg.data.collect import (
+    Segment,
+    behaviour_policy_fn,
+    collect_rollouts,
+    collect_schedule,
+    random_policy_return,
+)
+from sparse_reg.data.dataset import DatasetError
+from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+
+ENV_ID = "Hopper-v5"
+OBS_DIM, ACTION_DIM = 11, 3
+EXPERT_RETURN = 1234.5
+SMALL = dict(n_envs=4, max_episode_steps=30, random_episodes=3, progress=False)
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tiny_policy(seed: int, metadata: dict | None = None, constant_action: float | None = None) -> BehaviourPolicy:
+    """A behaviour policy of the shipped architecture with random (or constant-output) weights."""
+    rng = np.random.default_rng(seed)
+    widths = (OBS_DIM, 16, 16)
+    hidden = tuple(
+        (rng.normal(0, 0.5, (a, b)).astype(np.float32), rng.normal(0, 0.1, b).astype(np.float32))
+        for a, b in zip(widths[:-1], widths[1:])
+    )
+    norms = tuple(
+        (np.zeros(w, np.float32), np.ones(w, np.float32), np.ones(w, np.float32), np.zeros(w, np.float32))
+        for w in widths
+    )
+    mean_kernel = rng.normal(0, 0.5, (16, ACTION_DIM)).astype(np.float32)
+    mean_bias = np.zeros(ACTION_DIM, np.float32)
+    log_std_bias = np.full(ACTION_DIM, -1.0, np.float32)
+    if constant_action is not None:
+        # Zero kernel and a (near) zero std: every action is tanh(constant_action), so the
+        # transitions of each checkpoint can be recognised in the data.
+        mean_kernel[:] = 0.0
+        mean_bias[:] = constant_action
+        log_std_bias[:] = -20.0
+    return BehaviourPolicy(
+        hidden=hidden,
+        norms=norms,
+        mean_head=(mean_kernel, mean_bias),
+        log_std_head=(np.zeros((16, ACTION_DIM), np.float32), log_std_bias),
+        metadata=metadata or {},
+    )
+
+
+REPLAY_CONSTANTS = {100: 0.3, 200: -0.6, 300: 0.9}  # step -> constant pre-tanh action
+
+
+def write_policies(root: Path, family: str = "hopper") -> Path:
+    """A shipped-policies dir: expert/medium random policies, replay checkpoints 100/200/300."""
+    directory = root / family
+    (directory / "replay").mkdir(parents=True)
+    tiny_policy(1).save(directory / "expert.npz")
+    tiny_policy(2).save(directory / "medium.npz")
+    for step, constant in REPLAY_CONSTANTS.items():
+        tiny_policy(step, constant_action=constant).save(directory / "replay" / f"step_{step:07d}.npz")
+    provenance = {
+        "family": family,
+        "expert": {"file": "expert.npz", "step": 300, "mean_return": EXPERT_RETURN},
+        "medium": {"file": "medium.npz", "step": 200, "mean_return": 400.0},
+        "replay": {"every": 100, "steps": sorted(REPLAY_CONSTANTS)},
+    }
+    (directory / "provenance.json").write_text(json.dumps(provenance))
+    return root
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """Point the registry at a temporary data dir and a temporary policies dir."""
+    data, policies = tmp_path / "datasets", write_policies(tmp_path / "policies")
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(data))
+    monkeypatch.setenv(registry.POLICY_DIR_ENV, str(policies))
+    monkeypatch.delenv("MINARI_DATASETS_PATH", raising=False)
+    return data, policies
+
+
+def assert_same(a, b) -> None:
+    for key, value in a.arrays().items():
+        np.testing.assert_array_equal(value, getattr(b, key), err_msg=key)
+
+
+def is_reset_state(obs: np.ndarray) -> np.ndarray:
+    """Hopper resets to z = 1.25, everything else 0, plus uniform noise of scale 5e-3."""
+    return (np.abs(obs[..., 0] - 1.25) <= 5e-3 + 1e-6) & (np.abs(obs[..., 1:]).max(-1) <= 5e-3 + 1e-6)
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def test_collected_transitions_are_consistent():
+    policy = behaviour_policy_fn(tiny_policy(0))
+    data = collect_rollouts(policy, ENV_ID, 500, seed=3, n_envs=3, max_episode_steps=25)
+    assert len(data) == 500
+    slices = data.episode_slices()
+    ends = np.flatnonzero(data.terminals | data.timeouts) + 1
+    assert ends[-1] == 500 and len(ends) == len(slices)  # every episode closed by a flag
+    assert data.terminals.any() and data.timeouts.any()
+    for rows in slices:
+        # Chained observations inside an episode, a fresh reset state at its start.
+        np.testing.assert_array_equal(data.next_observations[rows][:-1], data.observations[rows][1:])
+        assert is_reset_state(data.observations[rows.start])
+        assert rows.stop - rows.start <= 25
+        # Only the last transition ends the episode.
+        assert not (data.terminals[rows][:-1] | data.timeouts[rows][:-1]).any()
+    # Every episode starts from its own reset state (environments are seeded differently).
+    starts = data.observations[[rows.start for rows in slices]]
+    assert len(np.unique(starts, axis=0)) == len(slices)
+    # Truncations happen at the time limit, except for the (at most n_envs) episodes cut at the end.
+    lengths = np.array([r.stop - r.start for r in slices])
+    truncated_early = data.timeouts[ends - 1] & ~data.terminals[ends - 1] & (lengths < 25)
+    assert truncated_early.sum() == data.metadata["cut_episodes"] <= 3
+    # Terminal flags agree with Hopper's health check on the next observation; no fake transitions.
+    z, angle = data.next_observations[:, 0], data.next_observations[:, 1]
+    unhealthy = (z <= 0.7) | (np.abs(angle) >= 0.2)
+    np.testing.assert_array_equal(data.terminals, unhealthy)
+
+
+def test_collection_is_deterministic_in_the_seed():
+    policy = behaviour_policy_fn(tiny_policy(0))
+    a = collect_rollouts(policy, ENV_ID, 200, seed=5, n_envs=4, max_episode_steps=30)
+    b = collect_rollouts(policy, ENV_ID, 200, seed=5, n_envs=4, max_episode_steps=30)
+    c = collect_rollouts(policy, ENV_ID, 200, seed=6, n_envs=4, max_episode_steps=30)
+    assert_same(a, b)
+    assert not np.array_equal(a.observations, c.observations)
+    assert not np.array_equal(a.actions, c.actions)
+    assert random_policy_return(ENV_ID, 4, seed=1, max_episode_steps=30) == random_policy_return(
+        ENV_ID, 4, seed=1, max_episode_steps=30
+    )
+
+
+def test_schedule_switches_policy_at_exact_transition_counts():
+    # Boundaries (70, 150) are not multiples of n_envs=3, so a switch falls inside a round.
+    segments = [
+        Segment(0, None, "random"),
+        Segment(70, behaviour_policy_fn(tiny_policy(1, constant_action=0.3)), "a"),
+        Segment(150, behaviour_policy_fn(tiny_policy(2, constant_action=-0.6)), "b"),
+    ]
+    data = collect_schedule(segments, ENV_ID, 200, seed=0, n_envs=3, max_episode_steps=30)
+    is_a = np.all(np.abs(data.actions - np.tanh(0.3)) < 1e-6, axis=1)
+    is_b = np.all(np.abs(data.actions - np.tanh(-0.6)) < 1e-6, axis=1)
+    assert (is_a.sum(), is_b.sum(), (~is_a & ~is_b).sum()) == (80, 50, 70)
+    assert [s["end"] - s["start"] for s in data.metadata["segments"]] == [70, 80, 50]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_unknown_name_lists_the_valid_names(dirs):
+    with pytest.raises(DatasetError) as error:
+        registry.make("hopper-random-v0")
+    message = str(error.value)
+    assert len(registry.known_names()) == 12
+    assert all(name in message for name in registry.known_names())
+    with pytest.raises(DatasetError, match="walker2d-expert-replay-v0"):
+        registry.load("walker2d-expert-v2")
+
+
+def test_families_without_policies_cannot_be_built(dirs):
+    rows = {row.name: row for row in registry.status()}
+    assert rows["hopper-expert-v0"].can_build and rows["hopper-medium-replay-v0"].can_build
+    assert not rows["halfcheetah-expert-v0"].can_build and not rows["walker2d-medium-replay-v0"].can_build
+    assert not any(row.built for row in rows.values())
+    with pytest.raises(DatasetError, match="no shipped policy for walker2d"):
+        registry.make("walker2d-expert-v0", **SMALL)
+
+
+def test_build_round_trips_through_project_loader_and_minari(dirs, monkeypatch):
+    import minari
+
+    data_dir, _ = dirs
+    name = "hopper-expert-v0"
+    path = registry.make(name, size=400, **SMALL)
+    assert path == data_dir / name and {row.name for row in registry.status() if row.built} == {name}
+
+    ours = loaders.load_dataset(name)  # the engine's entry point, no MINARI_DATASETS_PATH needed
+    assert "MINARI_DATASETS_PATH" not in os.environ
+    assert len(ours) == 400 and ours.env_id == ENV_ID and ours.name == name
+    for rows in ours.episode_slices():
+        np.testing.assert_array_equal(ours.next_observations[rows][:-1], ours.observations[rows][1:])
+
+    # Reference scores: expert from the provenance, random measured at build time; D4RL kept too.
+    assert ours.reference.expert == EXPERT_RETURN
+    expected_random = random_policy_return(ENV_ID, 3, seed=registry._RANDOM_REFERENCE_SEED_OFFSET, max_episode_steps=30)
+    assert ours.reference.random == pytest.approx(expected_random)
+    d4rl = D4RL_REFERENCE_SCORES["hopper"]
+    assert ours.metadata["d4rl_reference"] == {"random": d4rl.random, "expert": d4rl.expert}
+    assert ours.metadata["seed"] == 0 and ours.metadata["size"] == 400
+
+    # Plain Minari sees the same data when pointed at the cache dir.
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(data_dir))
+    assert minari.list_local_datasets().keys() == {name}
+    source = minari.load_dataset(name)
+    assert source.total_steps == 400
+    assert source.storage.metadata["ref_max_score"] == EXPERT_RETURN
+    assert_same(loaders.load_minari(name), ours)
+
+
+def test_build_is_deterministic_in_the_seed(tmp_path, dirs):
+    _, policies = dirs
+    builds = {}
+    for label, seed in (("a", 0), ("b", 0), ("c", 1)):
+        path = registry.make("hopper-medium-v0", seed=seed, size=150, root=tmp_path / label, policies=policies, **SMALL)
+        builds[label] = registry.read_built(path)
+    assert_same(builds["a"], builds["b"])
+    assert builds["a"].reference == builds["b"].reference
+    assert not np.array_equal(builds["a"].observations, builds["c"].observations)
+
+
+def test_rebuild_is_idempotent_and_checks_the_request(dirs):
+    name = "hopper-medium-v0"
+    path = registry.make(name, size=120, **SMALL)
+    stamp = (path / "data" / "metadata.json").stat().st_mtime_ns
+    assert registry.make(name, **SMALL) == path and registry.make(name, seed=0, size=120) == path
+    assert (path / "data" / "metadata.json").stat().st_mtime_ns == stamp  # not rebuilt
+    with pytest.raises(DatasetError, match="force=True"):
+        registry.make(name, seed=7, **SMALL)
+    registry.make(name, seed=7, size=120, force=True, **SMALL)
+    assert registry.read_record(path)["seed"] == 7
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no staging leftovers
+
+
+def test_interrupted_build_leaves_nothing_visible(dirs, monkeypatch):
+    import minari
+    from minari.dataset._storages.hdf5_storage import HDF5Storage
+
+    data_dir, _ = dirs
+    name = "hopper-expert-v0"
+    original = HDF5Storage.update_episodes
+
+    def crash_half_way(self, episodes):
+        episodes = list(episodes)
+        original(self, episodes[: len(episodes) // 2])  # part of the data is on disk ...
+        raise KeyboardInterrupt("simulated interruption")  # ... when the build dies
+
+    monkeypatch.setattr(HDF5Storage, "update_episodes", crash_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        registry.make(name, size=300, **SMALL)
+    assert not (data_dir / name).exists()
+    assert list(data_dir.iterdir()) == []  # the staging dir was cleaned up
+    assert not any(row.built for row in registry.status())
+
+    # A hard kill cannot clean up: a leftover staging dir must stay invisible and harmless.
+    leftover = data_dir / f".building-{name}-999-deadbeef" / name / "data"
+    leftover.mkdir(parents=True)
+    (leftover / "metadata.json").write_text("{}")
+    monkeypatch.setattr(HDF5Storage, "update_episodes", original)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(data_dir))
+    assert minari.list_local_datasets() == {}
+    path = registry.make(name, size=300, **SMALL)
+    assert len(registry.load(name)) == 300 and path == data_dir / name
+
+
+def test_replay_build_uses_the_checkpoints_in_order(dirs):
+    # n_envs=1: the dataset's order is the collection order, like a training run's buffer.
+    small = {**SMALL, "n_envs": 1}
+    expert_replay = registry.load("hopper-expert-replay-v0", **small)  # expert checkpoint at step 300
+    assert len(expert_replay) == 300
+    actions = expert_replay.actions
+    assert not np.allclose(actions[:100], actions[0])  # warm-up: uniform random actions
+    np.testing.assert_allclose(actions[100:200], np.tanh(REPLAY_CONSTANTS[100]), atol=1e-6)
+    np.testing.assert_allclose(actions[200:300], np.tanh(REPLAY_CONSTANTS[200]), atol=1e-6)
+    segments = expert_replay.metadata["segments"]
+    assert [(s["label"], s["start"], s["end"]) for s in segments] == [
+        ("random", 0, 100), ("step_0000100", 100, 200), ("step_0000200", 200, 300),
+    ]  # fmt: skip; the step-300 checkpoint (the expert's own) is not part of its buffer
+    assert "approximat" in expert_replay.metadata["approximation"].lower()
+
+    medium_replay = registry.load("hopper-medium-replay-v0", **small)  # medium checkpoint at step 200
+    assert len(medium_replay) == 200
+    np.testing.assert_allclose(medium_replay.actions[100:], np.tanh(REPLAY_CONSTANTS[100]), atol=1e-6)
+    # Same seed, same schedule: the medium buffer is the expert buffer's beginning.
+    np.testing.assert_array_equal(medium_replay.observations[:100], expert_replay.observations[:100])
+
+
+def test_ship_script_output_builds(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("ship", REPO / "scripts" / "ship_behaviour_policies.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    run = tmp_path / "artifacts" / "hopper"
+    (run / "checkpoints").mkdir(parents=True)
+    training_returns = {10: 10.0, 20: 50.0, 30: 120.0, 40: 300.0, 50: 280.0, 60: 200.0}
+    for step, value in training_returns.items():
+        metadata = {"env_id": ENV_ID, "train_steps": step, "eval_mean_return": value, "eval_episodes": 10,
+                    "command": "train ...", "seed": 0}  # fmt: skip
+        tiny_policy(step, metadata).save(run / "checkpoints" / f"step_{step:07d}.npz")
+    out = ship.ship(run, "hopper", tmp_path / "policies", every=20, eval_episodes=2, max_episode_steps=20)
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["expert"]["step"] == 40  # best training-time return
+    assert provenance["medium"]["step"] == 30  # before it, closest to 300 / 3
+    assert sorted(p.name for p in (out / "replay").iterdir()) == ["step_0000010.npz", "step_0000020.npz"]
+    assert np.load(out / "replay" / "step_0000010.npz")["hidden_0/kernel"].dtype == np.float16
+    assert registry.load_policy(out / "replay" / "step_0000020.npz").hidden[0][0].dtype == np.float32
+    assert provenance["replay"]["float16_max_action_error"] < 1e-2
+
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path / "datasets"))
+    monkeypatch.setenv(registry.POLICY_DIR_ENV, str(tmp_path / "policies"))
+    data = registry.load("hopper-medium-replay-v0", **SMALL)
+    assert len(data) == 30 and data.reference.expert == provenance["expert"]["mean_return"]
+    assert [s["label"] for s in data.metadata["segments"]] == ["random", "step_0000010", "step_0000020"]
+
+
+def test_replay_from_the_true_buffer(dirs, tmp_path, monkeypatch):
+    # A stand-in for artifacts/behaviour/hopper/replay_buffer.npz: one env, in time order.
+    run = collect_rollouts(behaviour_policy_fn(tiny_policy(9)), ENV_ID, 400, seed=4, n_envs=1, max_episode_steps=30)
+    (tmp_path / "behaviour" / "hopper").mkdir(parents=True)
+    np.savez(tmp_path / "behaviour" / "hopper" / "replay_buffer.npz", **run.arrays())
+    with pytest.raises(DatasetError, match=registry.BEHAVIOUR_DIR_ENV):
+        registry.make("hopper-medium-replay-v0", from_buffer=True, **SMALL)
+    monkeypatch.setenv(registry.BEHAVIOUR_DIR_ENV, str(tmp_path / "behaviour"))
+    data = registry.load("hopper-medium-replay-v0", from_buffer=True, **SMALL)  # medium step 200
+    assert data.metadata["source"] == "replay-buffer" and len(data) == 200
+    for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        np.testing.assert_array_equal(getattr(data, key), getattr(run, key)[:200], err_msg=key)
+    assert data.timeouts[-1]  # the episode running at step 200 is cut
