@@ -81,16 +81,43 @@ def run_config_from_args(args: argparse.Namespace):
     )
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import train
 
     config = run_config_from_args(args)
+    if args.seeds:
+        return _train_seeds(args, config)
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(
         f"{summary['algo']} on {summary['dataset']} ({summary['size']} transitions, seed {summary['seed']}): "
         f"final return {summary['final_return']:.1f}, normalised score {summary['final_normalized_score']:.1f}; "
         f"summary in {Path(args.out) / 'summary.json'}"
     )
+    return 0
+
+
+def _train_seeds(args: argparse.Namespace, config) -> int:
+    import numpy as np
+
+    from .training.parallel import run_jobs, seed_jobs
+
+    jobs = seed_jobs(config, args.seeds, Path(args.out))
+    summaries = run_jobs(jobs, mode=args.parallel, resume=args.resume, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    returns = [s["final_return"] for s in summaries]
+    scores = [s["final_normalized_score"] for s in summaries]
+    for job, s in zip(jobs, summaries):
+        print(f"seed {job.config.seed}: return {s['final_return']:.1f}, normalised score "
+              f"{s['final_normalized_score']:.1f} ({job.out})")
+    print(f"{config.algo} over {len(jobs)} seeds: return {np.mean(returns):.1f} ± {np.std(returns):.1f}, "
+          f"normalised score {np.mean(scores):.1f} ± {np.std(scores):.1f}")
     return 0
 
 
@@ -128,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one agent")
     add_run_arguments(p)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory (with --seeds: one sub-directory seed_<s> per seed)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="several seeds in one command, e.g. 0,1,2,3,4")
+    p.add_argument("--parallel", choices=["auto", "vmap", "processes", "sequential"], default="auto",
+                   help="how --seeds run: vmap on an accelerator, one pinned process per core on CPU (auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true")

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data.dataset import Normalizer
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]  # raw observations (n, obs_dim) -> actions (n, action_dim)
 
@@ -36,8 +35,8 @@ class RolloutEvaluator:
     def action_dim(self) -> int:
         return int(np.prod(self.envs.single_action_space.shape))
 
-    def run(self, policy: PolicyFn, seed: int) -> np.ndarray:
-        """Undiscounted return of each episode."""
+    def run(self, policy: PolicyFn, seed: int | list[int]) -> np.ndarray:
+        """Undiscounted return of each episode; ``seed`` seeds env i with seed + i, or give one per env."""
         obs, _ = self.envs.reset(seed=seed)
         returns = np.zeros(self.episodes)
         done = np.zeros(self.episodes, dtype=bool)
@@ -51,12 +50,11 @@ class RolloutEvaluator:
         self.envs.close()
 
 
-def make_policy(act: Callable, normalizer: Normalizer) -> Callable:
-    """A jitted ``policy(state, raw_obs) -> action`` that normalises observations first."""
-    mean, std = jnp.asarray(normalizer.mean), jnp.asarray(normalizer.std)
+def make_policy(act: Callable) -> Callable:
+    """``policy(state, (mean, std), raw_obs) -> action``: normalises observations, then acts."""
 
-    @jax.jit
-    def policy(state, observations):
+    def policy(state, normalizer: tuple[jax.Array, jax.Array], observations):
+        mean, std = normalizer
         return act(state, (observations - mean) / std)
 
     return policy

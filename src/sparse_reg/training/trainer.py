@@ -77,10 +77,35 @@ def sample_batch(data: Batch, key: jax.Array, batch_size: int) -> Batch:
     return jax.tree_util.tree_map(lambda x: x[index], data)
 
 
-def make_chunk_runner(algorithm: Algorithm, batch_size: int) -> Callable:
+class Lanes:
+    """``size`` runs of the same shape (seeds) stepped together.
+
+    One lane runs the plain functions; several run them under ``jax.vmap`` with every
+    per-run value (train state, RNG, data subset, normaliser) stacked on a leading axis.
+    (A vmap of size one costs ~15% on CPU, hence the special case.)
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def vmap(self, fn: Callable) -> Callable:
+        return fn if self.size == 1 else jax.vmap(fn)
+
+    def stack(self, trees: list) -> Any:
+        if self.size == 1:
+            return trees[0]
+        # By leaves: static parts (modules, optimizers) are equal in value but not identical objects.
+        treedef = jax.tree_util.tree_structure(trees[0])
+        leaves = [jax.tree_util.tree_leaves(tree) for tree in trees]
+        return jax.tree_util.tree_unflatten(treedef, [jnp.stack(xs) for xs in zip(*leaves)])
+
+    def index(self, tree: Any, i: int) -> Any:
+        return tree if self.size == 1 else jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lanes(1)) -> Callable:
     """``run(state, key, data, length) -> (state, key, mean metrics)``: ``length`` updates in one scan."""
 
-    @partial(jax.jit, static_argnums=3)
     def run(state, key, data: Batch, length: int):
         def one_update(carry, _):
             state, key = carry
@@ -92,17 +117,25 @@ def make_chunk_runner(algorithm: Algorithm, batch_size: int) -> Callable:
         # Some metrics are NaN on steps that skip an update (e.g. TD3+BC's delayed actor).
         return state, key, jax.tree_util.tree_map(jnp.nanmean, metrics)
 
-    return run
+    compiled: dict[int, Callable] = {}
+
+    def run_chunk(state, key, data: Batch, length: int):
+        if length not in compiled:
+            compiled[length] = jax.jit(lanes.vmap(partial(run, length=length)))
+        return compiled[length](state, key, data)
+
+    return run_chunk
 
 
-def make_mask_refresher(algorithm: Algorithm, sparse: SparseRegConfig, batch_size: int) -> Callable:
-    @jax.jit
+def make_mask_refresher(
+    algorithm: Algorithm, sparse: SparseRegConfig, batch_size: int, lanes: Lanes = Lanes(1)
+) -> Callable:
     def refresh(state, key, data: Batch):
         key, batch_key, score_key = jax.random.split(key, 3)
         state, stats = refresh_masks(state, algorithm.losses, sample_batch(data, batch_key, batch_size), score_key, sparse)
         return state, key, stats
 
-    return refresh
+    return jax.jit(lanes.vmap(refresh))
 
 
 def with_all_ones_masks(state: Any, networks) -> Any:
@@ -138,6 +171,18 @@ def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass
+class SeedRun:
+    """What belongs to one seed of a group: its config, directory, data subset and logs."""
+
+    config: RunConfig
+    out: Path
+    data: PreparedData
+    train_batch: Batch
+    validation_batch: Batch | None
+    logger: RunLogger | None = None
+
+
 def train(
     config: RunConfig,
     out: str | Path,
@@ -151,81 +196,136 @@ def train(
 
     ``on_evaluation(row)`` is called after each evaluation's checkpoint is written.
     """
-    out = Path(out)
-    if resume and (out / CONFIG_FILE).exists():
-        config = RunConfig.load(out / CONFIG_FILE)
-    prepare_run_directory(out, resume, overwrite)
-    data = PreparedData.from_config(config, dataset)
+    return train_group([config], [out], dataset, resume, overwrite, progress, on_evaluation)[0]
+
+
+def train_group(
+    configs: list[RunConfig],
+    outs: list[str | Path],
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_evaluation: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train runs that differ only in their seed, stepped together under ``jax.vmap``.
+
+    Each run gets its own training subset, normaliser, logs, checkpoints and summary,
+    identical in form to a single run's. On an accelerator this is the fast way to run
+    seeds; on a CPU one process per core is (see :mod:`sparse_reg.training.parallel`).
+    """
+    outs = [Path(o) for o in outs]
+    if resume:
+        configs = [RunConfig.load(o / CONFIG_FILE) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
+    shared = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
+    if any({k: v for k, v in c.to_dict().items() if k != "seed"} != shared for c in configs):
+        raise ValueError("runs trained together must differ only in their seed")
+    for out in outs:
+        prepare_run_directory(out, resume, overwrite)
+    if dataset is None:
+        dataset = load_dataset(configs[0].dataset, env_id=configs[0].env)
+    runs = []
+    for config, out in zip(configs, outs):
+        data = PreparedData.from_config(config, dataset)
+        validation = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
+        runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
+    config, lead = configs[0], runs[0].data
+    lanes = Lanes(len(runs))
     algorithm = get_algorithm(config.algo)
     algo_config = config.algorithm_config()
-    sparse = SparseRegConfig(resolve_sparsity(config.sparsity, len(data.train)), config.mask_interval, config.mask_until)
+    sparse = SparseRegConfig(resolve_sparsity(config.sparsity, len(lead.train)), config.mask_interval, config.mask_until)
 
-    evaluator = RolloutEvaluator(data.env_id, config.eval_episodes)
-    if (evaluator.obs_dim, evaluator.action_dim) != (data.train.obs_dim, data.train.action_dim):
+    evaluator = RolloutEvaluator(lead.env_id, config.eval_episodes * len(runs))
+    if (evaluator.obs_dim, evaluator.action_dim) != (lead.train.obs_dim, lead.train.action_dim):
+        evaluator.close()
         raise ValueError(
-            f"dataset '{data.train.name}' has obs/action dims {data.train.obs_dim}/{data.train.action_dim} but "
-            f"environment {data.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
+            f"dataset '{lead.train.name}' has obs/action dims {lead.train.obs_dim}/{lead.train.action_dim} but "
+            f"environment {lead.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
         )
-    train_batch = to_device_batch(data.train, data.normalizer)
-    validation_batch = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
 
-    state, data_key = initial_state(config, data.train.obs_dim, data.train.action_dim, sparse.enabled)
+    initial = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
     step = 0
     if resume:
-        info = read_checkpoint_info(out)
-        state, data_key = load_checkpoint(out, (state, data_key))
-        step = int(info["step"])
+        steps = {int(read_checkpoint_info(r.out)["step"]) for r in runs}
+        if len(steps) > 1:
+            raise ValueError(f"the runs' checkpoints are at different steps {sorted(steps)}: resume them one by one")
+        step = steps.pop()
+        initial = [load_checkpoint(r.out, template) for r, template in zip(runs, initial)]
     else:
-        config.save(out / CONFIG_FILE)
-    logger = RunLogger(out, resume_step=step if resume else None)
+        for r in runs:
+            r.config.save(r.out / CONFIG_FILE)
+    for r in runs:
+        r.logger = RunLogger(r.out, resume_step=step if resume else None)
+    state, data_key = lanes.stack([s for s, _ in initial]), lanes.stack([k for _, k in initial])
+    train_data = lanes.stack([r.train_batch for r in runs])
+    normalizers = lanes.stack([(jnp.asarray(r.data.normalizer.mean), jnp.asarray(r.data.normalizer.std)) for r in runs])
 
-    run_chunk = make_chunk_runner(algorithm, algo_config.batch_size)
-    refresh = make_mask_refresher(algorithm, sparse, algo_config.batch_size)
-    policy = make_policy(algorithm.act, data.normalizer)
+    run_chunk = make_chunk_runner(algorithm, algo_config.batch_size, lanes)
+    refresh = make_mask_refresher(algorithm, sparse, algo_config.batch_size, lanes)
+    policy = jax.jit(lanes.vmap(make_policy(algorithm.act)))
     action_mse = make_action_mse(algorithm.act)
     chunk = math.gcd(config.eval_every, sparse.interval) if sparse.enabled and sparse.until > 0 else config.eval_every
 
+    def act_all(observations: np.ndarray) -> np.ndarray:
+        per_lane = observations.reshape(lanes.size, config.eval_episodes, -1) if lanes.size > 1 else observations
+        actions = policy(state, normalizers, per_lane)
+        return np.asarray(actions).reshape(observations.shape[0], -1)
+
+    seeds = ", ".join(str(c.seed) for c in configs)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
-    bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {config.seed}")
+    bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {seeds}")
     started, metrics = time.time(), {}
     try:
         while step < config.steps:
             if sparse.refresh_due(step):
-                state, data_key, stats = refresh(state, data_key, train_batch)
-                logger.log_masks(step, jax.tree_util.tree_map(float, jax.device_get(stats)))
+                state, data_key, stats = refresh(state, data_key, train_data)
+                stats = jax.device_get(stats)
+                for i, r in enumerate(runs):
+                    r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
             length = min(chunk - step % chunk, config.steps - step)
-            state, data_key, metrics = run_chunk(state, data_key, train_batch, length)
+            state, data_key, metrics = run_chunk(state, data_key, train_data, length)
             step += length
             bar.update(length)
             if step % config.eval_every == 0 or step == config.steps:
-                returns = evaluator.run(lambda obs: policy(state, obs), evaluation_seed(config.seed, step))
-                row = {
-                    "step": step,
-                    "return_mean": float(np.mean(returns)),
-                    "return_std": float(np.std(returns)),
-                    "normalized_score": _normalized(data.reference, np.mean(returns)),
-                    "train_mse": action_mse(state, train_batch.observations, train_batch.actions),
-                    "validation_mse": (
-                        action_mse(state, validation_batch.observations, validation_batch.actions)
-                        if validation_batch is not None
-                        else math.nan
-                    ),
-                    **{k: float(v) for k, v in jax.device_get(metrics).items()},
-                    "wall_s": round(time.time() - started, 2),
-                }
-                logger.log_evaluation(row)
-                save_checkpoint(out, (state, data_key), _checkpoint_info(step, data, sparse.enabled))
-                bar.set_postfix(ret=f"{row['return_mean']:.0f}", score=f"{row['normalized_score']:.1f}")
-                if on_evaluation is not None:
-                    on_evaluation(row)
+                env_seeds = [evaluation_seed(r.config.seed, step) + j for r in runs for j in range(config.eval_episodes)]
+                returns = evaluator.run(act_all, env_seeds).reshape(len(runs), config.eval_episodes)
+                chunk_metrics = jax.device_get(metrics)
+                for i, r in enumerate(runs):
+                    lane_state = lanes.index(state, i)
+                    row = {
+                        "step": step,
+                        "return_mean": float(np.mean(returns[i])),
+                        "return_std": float(np.std(returns[i])),
+                        "normalized_score": _normalized(r.data.reference, np.mean(returns[i])),
+                        "train_mse": action_mse(lane_state, r.train_batch.observations, r.train_batch.actions),
+                        "validation_mse": (
+                            action_mse(lane_state, r.validation_batch.observations, r.validation_batch.actions)
+                            if r.validation_batch is not None
+                            else math.nan
+                        ),
+                        **{k: float(v) for k, v in lanes.index(chunk_metrics, i).items()},
+                        "wall_s": round(time.time() - started, 2),
+                    }
+                    r.logger.log_evaluation(row)
+                    save_checkpoint(
+                        r.out, (lane_state, lanes.index(data_key, i)), _checkpoint_info(step, r.data, sparse.enabled)
+                    )
+                    if on_evaluation is not None:
+                        on_evaluation({**row, "seed": r.config.seed})
+                bar.set_postfix(ret=f"{np.mean(returns):.0f}")
     finally:
         bar.close()
-        logger.close()
         evaluator.close()
+        for r in runs:
+            if r.logger is not None:
+                r.logger.close()
 
-    summary = build_summary(config, data, state, algorithm, read_rows(out / METRICS_FILE))
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    return summary
+    summaries = []
+    for i, r in enumerate(runs):
+        summary = build_summary(r.config, r.data, lanes.index(state, i), algorithm, read_rows(r.out / METRICS_FILE))
+        (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        summaries.append(summary)
+    return summaries
 
 
 def _normalized(reference: ReferenceScores | None, episode_return: float) -> float:
@@ -290,13 +390,16 @@ class Agent:
     step: int
 
     def act(self, observations: np.ndarray) -> np.ndarray:
-        return np.asarray(make_policy(self.algorithm.act, self.normalizer)(self.state, jnp.asarray(observations)))
+        return np.asarray(self._policy(jnp.asarray(observations)))
+
+    def _policy(self, observations):
+        normalizer = (jnp.asarray(self.normalizer.mean), jnp.asarray(self.normalizer.std))
+        return jax.jit(make_policy(self.algorithm.act))(self.state, normalizer, observations)
 
     def evaluate(self, episodes: int = 10, seed: int = 0) -> dict:
         evaluator = RolloutEvaluator(self.env_id, episodes)
-        policy = make_policy(self.algorithm.act, self.normalizer)
         try:
-            returns = evaluator.run(lambda obs: policy(self.state, obs), seed)
+            returns = evaluator.run(lambda obs: np.asarray(self._policy(obs)), seed)
         finally:
             evaluator.close()
         return {
