@@ -1,8 +1,9 @@
 """Building the project's datasets: collection, replay schedule, Minari storage, registry.
 
 Everything runs on Hopper-v5 (cheap steps, and random policies fall over, so episodes end both
-by termination and by truncation) with tiny random behaviour policies written into a temporary
-"policies" directory, short episodes and a few hundred transitions.
+by termination and by truncation) with tiny random behaviour policies and a stand-in for the
+shipped true-buffer prefix (``medium_replay.npz``) written into a temporary "policies"
+directory, short episodes and a few hundred transitions.
 """
 
 from __future__ import annotations
@@ -68,20 +69,36 @@ def tiny_policy(seed: int, metadata: dict | None = None, constant_action: float 
 
 
 REPLAY_CONSTANTS = {100: 0.3, 200: -0.6, 300: 0.9}  # step -> constant pre-tanh action
+MEDIUM_STEP = 200
+
+
+def fake_buffer(n: int, seed: int = 4, max_episode_steps: int = 30) -> dict[str, np.ndarray]:
+    """A stand-in for a training run's replay buffer: one environment, time order, float64
+    observations (as the trainer saves them); the last episode may be cut without a flag."""
+    run = collect_rollouts(behaviour_policy_fn(tiny_policy(9)), ENV_ID, n + 1, seed=seed, n_envs=1,
+                           max_episode_steps=max_episode_steps)  # fmt: skip
+    arrays = {key: value[:n] for key, value in run.arrays().items()}  # drop one: the cut is unflagged
+    for key in ("observations", "next_observations"):
+        arrays[key] = arrays[key].astype(np.float64)
+    return arrays
 
 
 def write_policies(root: Path, family: str = "hopper") -> Path:
-    """A shipped-policies dir: expert/medium random policies, replay checkpoints 100/200/300."""
+    """A shipped-policies dir: expert/medium random policies, replay checkpoints 100/200/300 and
+    a medium_replay.npz of MEDIUM_STEP transitions (as the ship script writes it)."""
     directory = root / family
     (directory / "replay").mkdir(parents=True)
     tiny_policy(1).save(directory / "expert.npz")
     tiny_policy(2).save(directory / "medium.npz")
     for step, constant in REPLAY_CONSTANTS.items():
         tiny_policy(step, constant_action=constant).save(directory / "replay" / f"step_{step:07d}.npz")
+    prefix, cut = registry.buffer_prefix(fake_buffer(MEDIUM_STEP), MEDIUM_STEP)
+    np.savez_compressed(directory / registry.MEDIUM_REPLAY_FILE, **prefix)
     provenance = {
         "family": family,
         "expert": {"file": "expert.npz", "step": 300, "mean_return": EXPERT_RETURN},
-        "medium": {"file": "medium.npz", "step": 200, "mean_return": 400.0},
+        "medium": {"file": "medium.npz", "step": MEDIUM_STEP, "mean_return": 400.0},
+        "medium_replay": {"file": registry.MEDIUM_REPLAY_FILE, "transitions": MEDIUM_STEP, "last_episode_cut": cut},
         "replay": {"every": 100, "steps": sorted(REPLAY_CONSTANTS)},
     }
     (directory / "provenance.json").write_text(json.dumps(provenance))
@@ -274,7 +291,7 @@ def test_interrupted_build_leaves_nothing_visible(dirs, monkeypatch):
     assert len(registry.load(name)) == 300 and path == data_dir / name
 
 
-def test_replay_build_uses_the_checkpoints_in_order(dirs):
+def test_expert_replay_build_uses_the_checkpoints_in_order(dirs):
     # n_envs=1: the dataset's order is the collection order, like a training run's buffer.
     small = {**SMALL, "n_envs": 1}
     expert_replay = registry.load("hopper-expert-replay-v0", **small)  # expert checkpoint at step 300
@@ -287,13 +304,61 @@ def test_replay_build_uses_the_checkpoints_in_order(dirs):
     assert [(s["label"], s["start"], s["end"]) for s in segments] == [
         ("random", 0, 100), ("step_0000100", 100, 200), ("step_0000200", 200, 300),
     ]  # fmt: skip; the step-300 checkpoint (the expert's own) is not part of its buffer
+    assert expert_replay.metadata["source"] == "replay-approximation"
     assert "approximat" in expert_replay.metadata["approximation"].lower()
 
-    medium_replay = registry.load("hopper-medium-replay-v0", **small)  # medium checkpoint at step 200
-    assert len(medium_replay) == 200
-    np.testing.assert_allclose(medium_replay.actions[100:], np.tanh(REPLAY_CONSTANTS[100]), atol=1e-6)
-    # Same seed, same schedule: the medium buffer is the expert buffer's beginning.
-    np.testing.assert_array_equal(medium_replay.observations[:100], expert_replay.observations[:100])
+
+def shipped_medium_replay(policies: Path) -> dict[str, np.ndarray]:
+    with np.load(policies / "hopper" / registry.MEDIUM_REPLAY_FILE) as f:
+        return {key: f[key] for key in f.files}
+
+
+def test_medium_replay_is_the_shipped_true_buffer_prefix(dirs, tmp_path, monkeypatch):
+    import minari
+
+    data_dir, policies = dirs
+    name = "hopper-medium-replay-v0"
+    shipped = shipped_medium_replay(policies)
+    assert {key: value.dtype for key, value in shipped.items()} == {
+        "observations": np.float32, "actions": np.float32, "rewards": np.float32,
+        "next_observations": np.float32, "terminals": np.bool_, "timeouts": np.bool_,
+    }  # fmt: skip
+
+    registry.make(name, **SMALL)
+    ours = loaders.load_dataset(name)  # the engine's entry point
+    assert len(ours) == MEDIUM_STEP and ours.env_id == ENV_ID
+    for key, value in shipped.items():
+        np.testing.assert_array_equal(getattr(ours, key), value, err_msg=key)
+    record = ours.metadata
+    assert record["source"] == "shipped-replay-buffer" and record["approximation"] is None
+    assert record["replay_buffer"]["exact"] and "true training replay buffer" in record["replay_buffer"]["description"]
+    assert record["replay_buffer"]["transitions"] == record["replay_buffer"]["medium_step"] == MEDIUM_STEP
+    assert record["policy_provenance"]["medium_replay"]["transitions"] == MEDIUM_STEP
+    assert "replay" not in record["policy_provenance"]  # no checkpoints involved
+    # Reference scores as for the other datasets.
+    assert ours.reference.expert == EXPERT_RETURN
+    expected_random = random_policy_return(ENV_ID, 3, seed=registry._RANDOM_REFERENCE_SEED_OFFSET, max_episode_steps=30)
+    assert ours.reference.random == pytest.approx(expected_random)
+
+    # Plain Minari reads the very same transitions.
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(data_dir))
+    source = minari.load_dataset(name)
+    assert source.total_steps == MEDIUM_STEP and source.storage.metadata["ref_max_score"] == EXPERT_RETURN
+    episodes = list(source.iterate_episodes())
+    np.testing.assert_array_equal(np.concatenate([e.observations[:-1] for e in episodes]), shipped["observations"])
+    np.testing.assert_array_equal(np.concatenate([e.actions for e in episodes]), shipped["actions"])
+    assert_same(loaders.load_minari(name), ours)
+
+    # A smaller size takes the prefix's beginning, closing the episode running at the cut.
+    ends = shipped["terminals"] | shipped["timeouts"]
+    n = int(np.flatnonzero(~ends)[-1]) + 1  # a cut inside an episode
+    small = registry.load(name, size=n, root=tmp_path / "small", **SMALL)
+    for key, value in shipped.items():
+        expected = value[:n].copy()
+        if key == "timeouts":
+            expected[-1] = True
+        np.testing.assert_array_equal(getattr(small, key), expected, err_msg=key)
+    assert small.metadata["replay_buffer"]["last_episode_cut"] and small.metadata["cut_episodes"] == 1
 
 
 def test_ship_script_output_builds(tmp_path, monkeypatch):
@@ -308,6 +373,14 @@ def test_ship_script_output_builds(tmp_path, monkeypatch):
         metadata = {"env_id": ENV_ID, "train_steps": step, "eval_mean_return": value, "eval_episodes": 10,
                     "command": "train ...", "seed": 0}  # fmt: skip
         tiny_policy(step, metadata).save(run / "checkpoints" / f"step_{step:07d}.npz")
+    buffer = fake_buffer(45, max_episode_steps=20)  # saved at "step 45", after the medium step 30
+    ends = buffer["terminals"] | buffer["timeouts"]
+    assert not ends[29] and buffer["observations"].dtype == np.float64  # the cut at 30 falls inside an episode
+    np.savez_compressed(run / "replay_buffer.npz", **{k: v[:25] for k, v in buffer.items()})
+    with pytest.raises(SystemExit, match="holds 25 transitions, fewer than the medium step 30"):
+        ship.ship(run, "hopper", tmp_path / "policies", every=20, eval_episodes=2, max_episode_steps=20)
+    assert not (tmp_path / "policies" / "hopper").exists()
+    np.savez_compressed(run / "replay_buffer.npz", **buffer)
     out = ship.ship(run, "hopper", tmp_path / "policies", every=20, eval_episodes=2, max_episode_steps=20)
 
     provenance = json.loads((out / "provenance.json").read_text())
@@ -318,23 +391,65 @@ def test_ship_script_output_builds(tmp_path, monkeypatch):
     assert registry.load_policy(out / "replay" / "step_0000020.npz").hidden[0][0].dtype == np.float32
     assert provenance["replay"]["float16_max_action_error"] < 1e-2
 
+    # medium-replay: exactly the buffer's first medium_step (30) rows, the cut episode closed.
+    shipped = shipped_medium_replay(tmp_path / "policies")
+    for key, value in shipped.items():
+        expected = buffer[key][:30].astype(value.dtype)
+        if key == "timeouts":
+            assert not expected[-1] and value[-1]
+            expected[-1] = True
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+    assert shipped["observations"].dtype == np.float32 and shipped["terminals"].dtype == bool
+    assert provenance["medium_replay"]["transitions"] == provenance["medium_replay"]["medium_step"] == 30
+    assert provenance["medium_replay"]["last_episode_cut"] is True
+    assert provenance["medium_replay"]["source"] == "true replay buffer prefix"
+
     monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path / "datasets"))
     monkeypatch.setenv(registry.POLICY_DIR_ENV, str(tmp_path / "policies"))
     data = registry.load("hopper-medium-replay-v0", **SMALL)
     assert len(data) == 30 and data.reference.expert == provenance["expert"]["mean_return"]
-    assert [s["label"] for s in data.metadata["segments"]] == ["random", "step_0000010", "step_0000020"]
+    for key, value in shipped.items():
+        np.testing.assert_array_equal(getattr(data, key), value, err_msg=key)
+    assert data.metadata["replay_buffer"]["last_episode_cut"] and data.metadata["cut_episodes"] == 1
+    expert_replay = registry.load("hopper-expert-replay-v0", **SMALL)
+    assert len(expert_replay) == 40
+    assert [s["label"] for s in expert_replay.metadata["segments"]] == ["random", "step_0000010", "step_0000020"]
 
 
-def test_replay_from_the_true_buffer(dirs, tmp_path, monkeypatch):
+def test_ship_prefix_extraction_takes_exactly_medium_step_rows(tmp_path):
+    spec = importlib.util.spec_from_file_location("ship", REPO / "scripts" / "ship_behaviour_policies.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    buffer = fake_buffer(100, max_episode_steps=20)
+    np.savez_compressed(tmp_path / "replay_buffer.npz", **buffer)
+    ends = np.flatnonzero(buffer["terminals"] | buffer["timeouts"]) + 1
+    inside = int(ends[0]) + 1  # cuts the second episode after its first step
+    for n, cut in ((inside, True), (int(ends[0]), False), (100, True)):
+        prefix, was_cut = ship.medium_replay_prefix(tmp_path / "replay_buffer.npz", n)
+        assert was_cut == cut and all(len(value) == n for value in prefix.values())
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+            np.testing.assert_array_equal(prefix[key], buffer[key][:n].astype(prefix[key].dtype), err_msg=key)
+        np.testing.assert_array_equal(prefix["timeouts"][:-1], buffer["timeouts"][: n - 1])
+        assert prefix["timeouts"][-1] == (cut or buffer["timeouts"][n - 1])
+    with pytest.raises(SystemExit, match="holds 100 transitions, fewer than the medium step 101"):
+        ship.medium_replay_prefix(tmp_path / "replay_buffer.npz", 101)
+    with pytest.raises(SystemExit, match="no replay buffer"):
+        ship.medium_replay_prefix(tmp_path / "missing.npz", 10)
+
+
+def test_expert_replay_from_the_true_buffer(dirs, tmp_path, monkeypatch):
     # A stand-in for artifacts/behaviour/hopper/replay_buffer.npz: one env, in time order.
-    run = collect_rollouts(behaviour_policy_fn(tiny_policy(9)), ENV_ID, 400, seed=4, n_envs=1, max_episode_steps=30)
+    run = fake_buffer(400)
     (tmp_path / "behaviour" / "hopper").mkdir(parents=True)
-    np.savez(tmp_path / "behaviour" / "hopper" / "replay_buffer.npz", **run.arrays())
+    np.savez(tmp_path / "behaviour" / "hopper" / "replay_buffer.npz", **run)
     with pytest.raises(DatasetError, match=registry.BEHAVIOUR_DIR_ENV):
-        registry.make("hopper-medium-replay-v0", from_buffer=True, **SMALL)
+        registry.make("hopper-expert-replay-v0", from_buffer=True, **SMALL)
     monkeypatch.setenv(registry.BEHAVIOUR_DIR_ENV, str(tmp_path / "behaviour"))
-    data = registry.load("hopper-medium-replay-v0", from_buffer=True, **SMALL)  # medium step 200
-    assert data.metadata["source"] == "replay-buffer" and len(data) == 200
+    data = registry.load("hopper-expert-replay-v0", from_buffer=True, **SMALL)  # expert step 300
+    assert data.metadata["source"] == "replay-buffer" and len(data) == 300
+    assert data.metadata["replay_buffer"]["exact"] and data.metadata["approximation"] is None
     for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
-        np.testing.assert_array_equal(getattr(data, key), getattr(run, key)[:200], err_msg=key)
-    assert data.timeouts[-1]  # the episode running at step 200 is cut
+        np.testing.assert_array_equal(getattr(data, key), run[key][:300].astype(np.float32), err_msg=key)
+    ends = run["terminals"][:300] | run["timeouts"][:300]
+    assert data.timeouts[-1] and data.metadata["replay_buffer"]["last_episode_cut"] == (not ends[-1])

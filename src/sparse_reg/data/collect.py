@@ -12,9 +12,9 @@ one fake transition per episode. Stepping single environments ourselves makes ev
 transition a real one, gives us the true final observation of truncated episodes, and lets us
 stop at exactly ``n_transitions`` (stepping only some of the environments in the last round).
 
-The policy's matrix products are run with single-threaded BLAS: they are small, and OpenBLAS's
-worker threads, interleaved with MuJoCo stepping, made collection about 4x slower on a busy
-2-core machine (see ``benchmarks/collect_speed.py``).
+The policy's matrix products are run with single-threaded BLAS (``threadpoolctl``): they are
+small, and OpenBLAS's worker threads, interleaved with MuJoCo stepping, made collection about 4x
+slower on a busy 2-core machine (see ``benchmarks/collect_speed.py``).
 
 Everything is deterministic for a given ``seed`` and ``n_envs``: environment ``j`` is reset once
 with a seed drawn from ``SeedSequence(seed)`` (later resets continue its own generator) and all
@@ -23,16 +23,14 @@ action noise comes from one generator consumed in a fixed order.
 
 from __future__ import annotations
 
-import ctypes
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .behaviour_policy import BehaviourPolicy
 from .dataset import Dataset
@@ -134,46 +132,11 @@ def _seeds(seed: int, n: int) -> tuple[list[int], np.random.Generator]:
     return [int(s) for s in env_sequence.generate_state(n)], np.random.default_rng(noise_sequence)
 
 
-@lru_cache(maxsize=1)
-def _openblas_thread_functions() -> tuple[Callable | None, Callable | None]:
-    """(set, get) number-of-threads functions of the OpenBLAS bundled with NumPy, if found."""
-    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
-    for library in sorted(libs.glob("*openblas*.so*")) if libs.is_dir() else []:
-        try:
-            lib = ctypes.CDLL(str(library))  # already loaded by NumPy: this returns the same handle
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                    return setter, getter
-    return None, None
-
-
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Limit BLAS to one thread for the duration (threadpoolctl if installed, else OpenBLAS directly)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-        return
-    setter, getter = _openblas_thread_functions()
-    if setter is None:  # another BLAS: leave it alone
+    """Limit BLAS to one thread for the duration."""
+    with threadpool_limits(limits=1, user_api="blas"):
         yield
-        return
-    previous = getter()
-    setter(1)
-    try:
-        yield
-    finally:
-        setter(previous)
 
 
 def collect_schedule(

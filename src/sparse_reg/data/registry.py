@@ -1,23 +1,39 @@
 """The project's own D4RL-style MuJoCo datasets: names, building, caching and loading.
 
 Twelve datasets, ``{halfcheetah,hopper,walker2d}-{expert,medium,medium-replay,expert-replay}-v0``,
-on the gymnasium ``*-v5`` environments, made from behaviour policies shipped inside the package
-(``sparse_reg/data/policies/<family>/``, written by ``scripts/ship_behaviour_policies.py``):
+on the gymnasium ``*-v5`` environments, made from what ``scripts/ship_behaviour_policies.py``
+ships inside the package for each family (``sparse_reg/data/policies/<family>/``) out of one
+single-environment sbx CrossQ training run (``scripts/train_behaviour_policy.py``):
 
 * ``expert`` / ``medium``: rollouts of the *stochastic* expert / medium policy, 300_000
   transitions by default, episodes of the environment's 1000-step limit (truncation ->
   ``timeouts``).
-* ``medium-replay`` / ``expert-replay``: D4RL used the replay buffer of the training run up to the
-  medium / expert policy. That buffer is too big to ship, so it is *approximated* by replaying
-  the run: the package ships a thinned sequence of training checkpoints (e.g. every 20k steps)
-  and checkpoint ``k`` (saved at step ``s_k``) is rolled out stochastically for
-  ``s_{k+1} - s_k`` environment steps, up to the medium / expert checkpoint's step. The steps
-  before the first shipped checkpoint use uniform random actions. This is **not** the true
-  buffer: inside a segment the real run used a policy that kept improving (we use the policy of
-  the segment's start, with no learning in between), several episodes run side by side, and the
-  random warm-up is longer than the trainer's (100 steps). With ``from_buffer=True`` and
-  ``SPARSE_REG_BEHAVIOUR_DIR`` pointing at a training artifacts dir (``<dir>/<family>/
-  replay_buffer.npz``) the true buffer's first transitions are used instead.
+* ``medium-replay``: **exact, D4RL's definition**: the replay buffer of the training run up to
+  the medium policy, i.e. the true buffer's first ``medium_step`` transitions (every transition
+  the run collected before the medium checkpoint was saved, one per environment step, in time
+  order, the trainer's short uniform-random warm-up included). The ship script copies that prefix
+  from the run's ``replay_buffer.npz`` into ``policies/<family>/medium_replay.npz``; building
+  the dataset just converts that file (no rollouts). The episode running at the cut ends with
+  ``timeouts=True``; the build record says it is the true buffer prefix and how big it is.
+* ``expert-replay``: an **approximation** of the buffer up to the expert policy, regenerated from
+  shipped checkpoints: the expert step is 100k+ transitions, too big to ship, so the package
+  ships a thinned sequence of training checkpoints (the first one, then one every 20k steps) and
+  checkpoint ``k`` (saved at step ``s_k``) is rolled out stochastically for ``s_{k+1} - s_k``
+  environment steps, up to the expert's step. It is *not* the true buffer: inside a segment the
+  real run used a policy that improved at every gradient step (we keep the segment's first
+  policy, with no learning in between); 10 episodes run side by side instead of one; the
+  steps before the first shipped checkpoint (10k) are uniform random actions, where the trainer's
+  random warm-up was only 100 steps; and the episodes are fresh ones, not the run's. With
+  ``from_buffer=True`` and ``SPARSE_REG_BEHAVIOUR_DIR`` pointing at a training artifacts dir
+  (``<dir>/<family>/replay_buffer.npz``) the true buffer's first transitions are used instead.
+
+CrossQ learns fast, so the medium policy (about a third of the expert's return) is reached after
+only 10k-30k environment steps, and the medium-replay datasets are small. Their size is the medium
+step exactly: checkpoints are saved every 10k steps, so a medium checkpoint at step 10k / 20k /
+30k gives 10_000 / 20_000 / 30_000 transitions (the medium step of each family is in its
+``provenance.json`` and in each build record). That still covers the paper's 5k / 10k
+medium-replay experiments (a 10k-step medium leaves exactly 10k: the 10k experiment then uses
+the whole dataset).
 
 Reference scores (for the normalised score) are stored with each dataset: ``random`` is the mean
 return of 100 uniform-random episodes computed at build time, ``expert`` the expert policy's
@@ -62,9 +78,9 @@ KINDS = ("expert", "medium", "medium-replay", "expert-replay")
 VERSION = "v0"
 DEFAULT_SIZE = 300_000  # room for a 100k training pool + 200k validation
 DEFAULT_N_ENVS = 50  # expert / medium: 300k / 50 = 6 whole 1000-step episodes per environment
-# Replay-style builds run fewer environments side by side, so that (as in the single-env
-# training run) an episode mostly stays inside one checkpoint's segment; the cost per
-# transition is the same, the policy batch is just smaller.
+# expert-replay runs fewer environments side by side, so that (as in the single-env training
+# run) an episode mostly stays inside one checkpoint's segment; the cost per transition is the
+# same, the policy batch is just smaller.
 DEFAULT_REPLAY_N_ENVS = 10
 RANDOM_EPISODES = 100
 BUILD_FORMAT = 1  # bump when the way datasets are built changes
@@ -73,6 +89,8 @@ DATA_DIR_ENV = "SPARSE_REG_DATA_DIR"
 POLICY_DIR_ENV = "SPARSE_REG_POLICY_DIR"
 BEHAVIOUR_DIR_ENV = "SPARSE_REG_BEHAVIOUR_DIR"
 PROVENANCE_FILE = "provenance.json"
+MEDIUM_REPLAY_FILE = "medium_replay.npz"  # the true replay buffer's first medium_step transitions
+BUFFER_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 _METADATA_KEY = "sparse_reg"  # our entry in Minari's metadata.json
 
 # Reset seeds of the random-reference episodes are offset from the build seed so that they are
@@ -148,16 +166,23 @@ class ShippedPolicies:
     def policy_file(self, role: str) -> Path:
         return self.root / self.role(role).get("file", f"{role}.npz")
 
+    def medium_replay_file(self) -> Path:
+        """The shipped prefix of the true replay buffer (medium-replay)."""
+        return self.root / self.provenance.get("medium_replay", {}).get("file", MEDIUM_REPLAY_FILE)
+
     def replay_checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, file) of the shipped training checkpoints, in training order."""
+        """(step, file) of the shipped training checkpoints (for expert-replay), in training order."""
         files = sorted((self.root / "replay").glob("step_*.npz"))
         return sorted((int(f.stem.split("_")[1]), f) for f in files)
 
     def can_build(self, kind: str) -> bool:
+        if "expert" not in self.provenance:  # every dataset needs the expert's reference score
+            return False
         if kind in ("expert", "medium"):
-            return kind in self.provenance and self.policy_file(kind).is_file() and "expert" in self.provenance
-        target = kind.removesuffix("-replay")
-        return target in self.provenance and "expert" in self.provenance and bool(self.replay_checkpoints())
+            return kind in self.provenance and self.policy_file(kind).is_file()
+        if kind == "medium-replay":
+            return "medium" in self.provenance and self.medium_replay_file().is_file()
+        return bool(self.replay_checkpoints())  # expert-replay
 
     def expert_return(self) -> float:
         """The expert policy's deterministic mean return, as measured when it was shipped."""
@@ -223,8 +248,11 @@ def make(
     """Build dataset ``name`` (if needed) and return its directory.
 
     ``seed`` defaults to 0. ``size`` is the number of transitions (default 300_000 for
-    expert/medium, the target checkpoint's step for the replay datasets: the whole approximated
-    buffer). An existing complete dataset is returned as is; if it was built with a different
+    expert/medium; for medium-replay the whole shipped buffer prefix, i.e. the medium step, and a
+    smaller size takes its first transitions; for expert-replay the expert's step).
+    ``from_buffer`` builds expert-replay from the true buffer in ``$SPARSE_REG_BEHAVIOUR_DIR``
+    instead of checkpoint rollouts (medium-replay is always the true buffer).
+    An existing complete dataset is returned as is; if it was built with a different
     *explicitly requested* seed or size, a DatasetError asks for ``force=True``, which rebuilds
     and replaces it (so ``load(name)`` takes whatever build is there).
     ``n_envs``, ``max_episode_steps`` and ``random_episodes`` exist for tests and experiments.
@@ -240,19 +268,21 @@ def make(
     if shipped is None or not shipped.can_build(kind):
         where = (policies or policy_dir()) / family
         raise DatasetError(
-            f"cannot build {name}: no shipped policy for {family} (expected {PROVENANCE_FILE} and policy files in "
-            f"{where}; see scripts/ship_behaviour_policies.py)"
+            f"cannot build {name}: no shipped policy for {family} (expected {PROVENANCE_FILE}, the policy files "
+            f"and, for medium-replay, {MEDIUM_REPLAY_FILE} in {where}; see scripts/ship_behaviour_policies.py)"
         )
     env_id = GYMNASIUM_ENV_FOR_FAMILY[family]
     if progress:
         from rich.console import Console
 
         Console(stderr=True).print(f"building [bold]{name}[/bold] (seed {seed}) -> {path}")
-    if from_buffer and kind.endswith("-replay"):
-        dataset, source = _dataset_from_true_buffer(name, shipped, kind, size), "replay-buffer"
+    if kind == "medium-replay":
+        dataset, source = _dataset_from_shipped_buffer(name, shipped, size), "shipped-replay-buffer"
+    elif kind == "expert-replay" and from_buffer:
+        dataset, source = _dataset_from_true_buffer(name, shipped, size), "replay-buffer"
     else:
         if from_buffer:
-            warnings.warn(f"{name}: from_buffer only applies to the replay datasets; collecting rollouts", stacklevel=2)
+            warnings.warn(f"{name}: from_buffer only applies to expert-replay; collecting rollouts", stacklevel=2)
         dataset, source = _collect(name, shipped, kind, env_id, seed, size, n_envs, max_episode_steps, progress)
 
     random_return = random_policy_return(
@@ -274,6 +304,7 @@ def make(
         "max_episode_steps": max_episode_steps,
         "segments": dataset.metadata.get("segments", []),
         "cut_episodes": dataset.metadata.get("cut_episodes"),
+        "replay_buffer": dataset.metadata.get("replay_buffer"),
         "reference": {
             "random": reference.random,
             "expert": reference.expert,
@@ -282,7 +313,7 @@ def make(
         },
         "d4rl_reference": {"random": d4rl.random, "expert": d4rl.expert},
         "policy_provenance": _provenance_summary(shipped, kind),
-        "approximation": _approximation_note(kind, source),
+        "approximation": _approximation_note(source),
     }
     _write_atomically(path, dataset, record, reference, force)
     return path
@@ -325,10 +356,10 @@ def _collect(
             name=name,
         )
         return dataset, "rollouts"
-    segments, target_step = replay_segments(shipped, kind)
+    segments, target_step = replay_segments(shipped)
     n = target_step if size is None else int(size)
     if not 0 < n <= target_step:
-        raise DatasetError(f"{name}: size must be in 1..{target_step} (the {kind.removesuffix('-replay')} checkpoint's step)")
+        raise DatasetError(f"{name}: size must be in 1..{target_step} (the expert checkpoint's step)")
     dataset = collect_schedule(
         segments,
         env_id,
@@ -343,15 +374,14 @@ def _collect(
     return dataset, "replay-approximation"
 
 
-def replay_segments(shipped: ShippedPolicies, kind: str) -> tuple[list[Segment], int]:
-    """The schedule approximating the training run's buffer up to the medium/expert checkpoint.
+def replay_segments(shipped: ShippedPolicies) -> tuple[list[Segment], int]:
+    """The schedule approximating the training run's buffer up to the expert checkpoint.
 
     Checkpoint ``k`` saved at step ``s_k`` acts for steps ``[s_k, s_{k+1})``; steps before the
     first shipped checkpoint use uniform random actions (the run's warm-up; we have no earlier
-    policy). Checkpoints at or after the target step are not used.
+    policy). Checkpoints at or after the expert's step are not used.
     """
-    target_role = kind.removesuffix("-replay")
-    target_step = int(shipped.role(target_role)["step"])
+    target_step = int(shipped.role("expert")["step"])
     segments = [Segment(0, None, "random")]
     for step, file in shipped.replay_checkpoints():
         if 0 < step < target_step:
@@ -359,34 +389,100 @@ def replay_segments(shipped: ShippedPolicies, kind: str) -> tuple[list[Segment],
     return segments, target_step
 
 
-def _dataset_from_true_buffer(name: str, shipped: ShippedPolicies, kind: str, size: int | None) -> Dataset:
-    """The first N transitions of the real training buffer (optional; needs the artifacts dir)."""
+def buffer_prefix(buffer, n: int, where: str = "the replay buffer") -> tuple[dict[str, np.ndarray], bool]:
+    """The first ``n`` transitions of a replay buffer (an ``np.load``-ed file or a dict of arrays).
+
+    Returns float32 observations/actions/rewards/next_observations and bool terminals/timeouts,
+    and whether the episode running at the cut had to be closed (its last kept transition,
+    neither terminal nor a timeout in the buffer, is marked ``timeouts=True``).
+    DatasetError if a key is missing or the buffer holds fewer than ``n`` transitions.
+    """
+    missing = [key for key in BUFFER_KEYS if key not in buffer]
+    if missing:
+        raise DatasetError(f"{where}: missing {', '.join(missing)}")
+    rows = len(buffer["rewards"])
+    if not 0 < n <= rows:
+        raise DatasetError(f"{where} holds {rows} transitions; cannot take the first {n}")
+    arrays = {key: np.asarray(buffer[key][:n], dtype=np.float32) for key in BUFFER_KEYS[:4]}
+    arrays.update({key: np.asarray(buffer[key][:n]).astype(bool) for key in BUFFER_KEYS[4:]})
+    arrays["rewards"] = arrays["rewards"].reshape(n)
+    cut = not (arrays["terminals"][-1] or arrays["timeouts"][-1])
+    if cut:
+        arrays["timeouts"][-1] = True
+    return arrays, cut
+
+
+def _buffer_dataset(name: str, family: str, arrays: dict[str, np.ndarray], replay_buffer: dict) -> Dataset:
+    return Dataset(
+        **arrays,
+        env_id=GYMNASIUM_ENV_FOR_FAMILY[family],
+        name=name,
+        metadata={
+            "n_envs": 1,
+            "segments": [{"label": "true replay buffer", "start": 0, "end": len(arrays["rewards"])}],
+            "cut_episodes": int(replay_buffer["last_episode_cut"]),
+            "replay_buffer": replay_buffer,
+        },
+    )
+
+
+def _dataset_from_shipped_buffer(name: str, shipped: ShippedPolicies, size: int | None) -> Dataset:
+    """medium-replay: the shipped prefix of the true training buffer (or its first ``size`` rows)."""
+    file = shipped.medium_replay_file()
+    entry = shipped.provenance.get("medium_replay", {})
+    medium_step = int(shipped.role("medium")["step"])
+    try:
+        buffer = np.load(file)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{name}: cannot read {file} ({error})") from None
+    with buffer:
+        rows = len(buffer["rewards"]) if "rewards" in buffer else 0
+        n = rows if size is None else int(size)
+        arrays, cut = buffer_prefix(buffer, n, where=f"{name}: {file}")
+    if rows != medium_step:
+        warnings.warn(f"{name}: {file} holds {rows} transitions but the medium step is {medium_step}", stacklevel=3)
+    return _buffer_dataset(
+        name,
+        shipped.family,
+        arrays,
+        {
+            "exact": True,
+            "description": f"the first {n} transitions of the behaviour policy's true training replay buffer "
+            f"(D4RL's medium-replay: the run's buffer up to the medium policy, saved at step {medium_step})",
+            "transitions": n,
+            "medium_step": medium_step,
+            "shipped_transitions": rows,
+            "file": f"{shipped.family}/{file.name}",
+            # The shipped file's own last transition was closed by the ship script.
+            "last_episode_cut": bool(cut or (n == rows and entry.get("last_episode_cut", False))),
+        },
+    )
+
+
+def _dataset_from_true_buffer(name: str, shipped: ShippedPolicies, size: int | None) -> Dataset:
+    """expert-replay from the real training buffer (optional; needs the artifacts dir)."""
     behaviour_dir = os.environ.get(BEHAVIOUR_DIR_ENV)
     if not behaviour_dir:
         raise DatasetError(f"{name}: --from-buffer needs {BEHAVIOUR_DIR_ENV} pointing at the training artifacts dir")
     buffer_file = Path(behaviour_dir).expanduser() / shipped.family / "replay_buffer.npz"
     if not buffer_file.is_file():
         raise DatasetError(f"{name}: no replay buffer at {buffer_file}")
-    target_step = int(shipped.role(kind.removesuffix("-replay"))["step"])
+    target_step = int(shipped.role("expert")["step"])
     n = target_step if size is None else int(size)
     with np.load(buffer_file) as buffer:
-        if len(buffer["rewards"]) < n:
-            raise DatasetError(f"{name}: {buffer_file} holds {len(buffer['rewards'])} transitions, fewer than {n}")
-        arrays = {key: buffer[key][:n] for key in buffer.files}
-    timeouts = arrays["timeouts"].astype(bool).copy()
-    terminals = arrays["terminals"].astype(bool)
-    if not (terminals[-1] or timeouts[-1]):
-        timeouts[-1] = True  # the cut episode
-    return Dataset(
-        observations=arrays["observations"],
-        actions=arrays["actions"],
-        rewards=arrays["rewards"],
-        next_observations=arrays["next_observations"],
-        terminals=terminals,
-        timeouts=timeouts,
-        env_id=GYMNASIUM_ENV_FOR_FAMILY[shipped.family],
-        name=name,
-        metadata={"n_envs": 1, "segments": [{"label": "true replay buffer", "start": 0, "end": n}]},
+        arrays, cut = buffer_prefix(buffer, n, where=f"{name}: {buffer_file}")
+    return _buffer_dataset(
+        name,
+        shipped.family,
+        arrays,
+        {
+            "exact": True,
+            "description": f"the first {n} transitions of the true training replay buffer (expert step {target_step})",
+            "transitions": n,
+            "expert_step": target_step,
+            "file": str(buffer_file),
+            "last_episode_cut": cut,
+        },
     )
 
 
@@ -397,20 +493,19 @@ def _provenance_summary(shipped: ShippedPolicies, kind: str) -> dict:
     for role in dict.fromkeys(roles):
         if role in provenance:
             summary[role] = provenance[role]
-    if kind.endswith("-replay") and "replay" in provenance:
-        summary["replay"] = provenance["replay"]
+    extra = {"medium-replay": "medium_replay", "expert-replay": "replay"}.get(kind)
+    if extra in provenance:
+        summary[extra] = provenance[extra]
     return summary
 
 
-def _approximation_note(kind: str, source: str) -> str | None:
+def _approximation_note(source: str) -> str | None:
     if source == "replay-approximation":
         return (
             "Approximates the training run's replay buffer by rolling out the shipped thinned checkpoints in "
             "order, each for the steps until the next one (uniform random actions before the first); "
             "it is not the true buffer."
         )
-    if source == "replay-buffer":
-        return "First transitions of the true training replay buffer."
     return None
 
 
@@ -471,6 +566,8 @@ def _write_atomically(path: Path, dataset: Dataset, record: dict, reference: Ref
         )
         if record.get("approximation"):
             description += " " + record["approximation"]
+        elif record.get("replay_buffer"):
+            description += " Exact: " + record["replay_buffer"]["description"] + "."
         # Minari builds the environment (for its spaces and spec): keep that compile quiet too.
         with warnings.catch_warnings(), _minari_root(staging), quiet_mujoco_model_warnings():
             warnings.simplefilter("ignore")  # minari nags about optional fields we do not use
