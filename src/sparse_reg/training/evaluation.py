@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..data.collect import quiet_mujoco_model_warnings
+
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]  # raw observations (n, obs_dim) -> actions (n, action_dim)
 
@@ -23,7 +25,8 @@ class RolloutEvaluator:
     def __init__(self, env_id: str, episodes: int):
         self.env_id, self.episodes = env_id, episodes
         try:
-            self.envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync")
+            with quiet_mujoco_model_warnings():
+                self.envs = gym.make_vec(env_id, num_envs=episodes, vectorization_mode="sync")
         except gym.error.Error as error:
             raise ValueError(f"cannot make environment '{env_id}': {error}") from None
 

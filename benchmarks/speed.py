@@ -1,0 +1,177 @@
+"""Speed benchmark: updates/s, sparse overhead, seeds, evaluation and end-to-end cost, memory.
+
+    python benchmarks/speed.py                 # full measurement (~10 min on 2 CPU cores)
+    python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
+
+Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
+from one invocation on one machine; run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_reg.algorithms import ALGORITHMS, Batch
+from sparse_reg.data.collect import collect_rollouts
+from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+from sparse_reg.sparsity import SparseRegConfig
+from sparse_reg.training.config import RunConfig
+from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
+from sparse_reg.training.parallel import run_jobs, seed_jobs
+from sparse_reg.training.trainer import (
+    initial_state,
+    make_chunk_runner,
+    make_mask_refresher,
+    train,
+)
+
+ENV = "HalfCheetah-v5"
+OBS_DIM, ACTION_DIM = 17, 6
+
+
+def synthetic_batch(n: int, key) -> Batch:
+    k = jax.random.split(key, 4)
+    return Batch(
+        jax.random.normal(k[0], (n, OBS_DIM)),
+        jnp.tanh(jax.random.normal(k[1], (n, ACTION_DIM))),
+        jax.random.normal(k[2], (n,)),
+        jax.random.normal(k[3], (n, OBS_DIM)),
+        jnp.zeros(n),
+    )
+
+
+def updates_per_second(algo: str, sparsity: float, steps: int, repeats: int = 3) -> float:
+    """Pure update throughput: one ``steps``-long scan, best of ``repeats`` after compilation."""
+    config = RunConfig(algo=algo, sparsity=sparsity, steps=steps)
+    algorithm = ALGORITHMS[algo]
+    sparse = SparseRegConfig(sparsity) if sparsity else None
+    state, key = initial_state(config, OBS_DIM, ACTION_DIM, sparse is not None)
+    data = synthetic_batch(10_000, jax.random.PRNGKey(1))
+    batch_size = config.algorithm_config().batch_size
+    if sparse is not None:  # real masks, as in training
+        state, key, _ = make_mask_refresher(algorithm, sparse, batch_size)(state, key, data)
+    run = make_chunk_runner(algorithm, batch_size)
+    jax.block_until_ready(run(state, key, data, steps))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(run(state, key, data, steps))
+        best = min(best, time.perf_counter() - started)
+    return steps / best
+
+
+def evaluation_seconds(episodes: int = 10, repeats: int = 3) -> float:
+    """Wall time of ``episodes`` full HalfCheetah episodes, batched, with an IQL policy."""
+    config = RunConfig(algo="iql", sparsity=0.0)
+    state, _ = initial_state(config, OBS_DIM, ACTION_DIM, False)
+    policy = jax.jit(make_policy(ALGORITHMS["iql"].act))
+    normalizer = (jnp.zeros(OBS_DIM), jnp.ones(OBS_DIM))
+    evaluator = RolloutEvaluator(ENV, episodes)
+    act = lambda obs: np.asarray(policy(state, normalizer, obs))  # noqa: E731
+    evaluator.run(act, 0)  # compile
+    best = float("inf")
+    for r in range(repeats):
+        started = time.perf_counter()
+        evaluator.run(act, r + 1)
+        best = min(best, time.perf_counter() - started)
+    evaluator.close()
+    return best
+
+
+def small_dataset(size: int):
+    rng_policy = lambda obs, rng: rng.uniform(-1, 1, (obs.shape[0], ACTION_DIM)).astype(np.float32)  # noqa: E731
+    data = collect_rollouts(rng_policy, ENV, size, seed=0)
+    return data.replace(reference=D4RL_REFERENCE_SCORES["halfcheetah"], env_id=ENV)
+
+
+def seeds_ratio(dataset, steps: int, mode: str, work: Path, n_seeds: int = 5) -> dict:
+    config = RunConfig(algo="iql", dataset="bench", size=10_000, validation_size=20_000, sparsity=0.95,
+                       steps=steps, eval_every=steps, eval_episodes=10)
+    started = time.perf_counter()
+    train(config, work / f"{mode}-one", dataset=dataset, progress=False, overwrite=True)
+    one = time.perf_counter() - started
+    started = time.perf_counter()
+    run_jobs(seed_jobs(config, list(range(n_seeds)), work / f"{mode}-many"), mode=mode, dataset=dataset,
+             progress=False, overwrite=True)
+    many = time.perf_counter() - started
+    return {"one_seed_s": round(one, 2), f"{n_seeds}_seeds_s": round(many, 2), "ratio": round(many / one, 2)}
+
+
+def end_to_end(dataset, steps: int, eval_every: int, work: Path) -> dict:
+    """A full sparse IQL run (evaluations, mask refreshes, checkpoints) vs its pure update time."""
+    config = RunConfig(algo="iql", dataset="bench", size=10_000, validation_size=20_000, sparsity=0.95,
+                       steps=steps, eval_every=eval_every, mask_interval=eval_every, eval_episodes=10)
+    started = time.perf_counter()
+    train(config, work / "e2e", dataset=dataset, progress=False, overwrite=True)
+    total = time.perf_counter() - started
+    pure = steps / updates_per_second("iql", 0.95, steps, repeats=1)
+    return {"steps": steps, "end_to_end_s": round(total, 2), "pure_update_s": round(pure, 2),
+            "ratio": round(total / pure, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    steps = 200 if args.quick else 5_000
+    device = jax.devices()[0].device_kind.replace(" ", "-").lower()
+    results: dict = {
+        "device": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "quick": args.quick,
+        "updates_per_s": {},
+    }
+    for algo in ALGORITHMS:
+        for sparsity in (0.0, 0.95):
+            rate = updates_per_second(algo, sparsity, steps)
+            results["updates_per_s"][f"{algo}/{'sparse95' if sparsity else 'dense'}"] = round(rate, 1)
+            print(f"{algo:6s} {'sparse 95%' if sparsity else 'dense':10s} {rate:8.1f} updates/s", flush=True)
+    results["sparse_overhead"] = {
+        algo: round(results["updates_per_s"][f"{algo}/dense"] / results["updates_per_s"][f"{algo}/sparse95"] - 1, 3)
+        for algo in ALGORITHMS
+    }
+    results["eval_10_episodes_s"] = round(evaluation_seconds(), 3)
+    print(f"10 HalfCheetah evaluation episodes: {results['eval_10_episodes_s']} s", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
+    try:
+        dataset = small_dataset(40_000 if not args.quick else 12_000)
+        modes = ["processes", "vmap"] if jax.default_backend() == "cpu" else ["vmap"]
+        results["five_seeds_vs_one"] = {}
+        for mode in modes:
+            results["five_seeds_vs_one"][mode] = seeds_ratio(dataset, steps, mode, work)
+            print(f"5 seeds vs 1 ({mode}): {results['five_seeds_vs_one'][mode]}", flush=True)
+        e2e_steps = 400 if args.quick else 50_000
+        results["end_to_end"] = end_to_end(dataset, e2e_steps, 200 if args.quick else 5_000, work)
+        print(f"end to end: {results['end_to_end']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["peak_rss_mb"] = {
+        "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"speed-{device}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
