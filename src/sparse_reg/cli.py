@@ -149,6 +149,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.runs_dir) if args.runs_dir else Path("runs") / args.budget
+
+
+def _sweep(args: argparse.Namespace, config: str, dry_run: bool = False):
+    from .experiments.sweep import run_sweep
+
+    return run_sweep(config, budget=args.budget, runs_dir=_runs_dir(args), backend=args.backend,
+                     address=args.address, dry_run=dry_run, progress=not args.no_progress)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    result = _sweep(args, args.config, dry_run=args.dry_run)
+    return 0 if result.ok else 1
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from .experiments.sweep import experiments_table
+
+    experiments_table()
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    result = _sweep(args, args.name)
+    from .experiments.report import write_report
+
+    report_dir = Path(args.report_dir) if args.report_dir else Path("reports") / args.budget / result.experiment
+    index = write_report(result.runs_dir / result.experiment, report_dir)
+    print(f"report: {index}")
+    return 0 if result.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.report import report_command
+
+    return report_command(args)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one pinned process per core (CPU) or vmapped seeds (accelerator); ray: a task per run")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address ('auto' = the running cluster); default: start a local Ray instance")
+    p.add_argument("--runs-dir", default=None, help="where runs go: RUNS/<experiment>/<cell>/seed_<s> "
+                   "(default: runs/<budget>)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-reg", description="Offline RL on small datasets with Sparse-Reg.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +233,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_int, default=10_000)
     p.add_argument("--steps", type=_int, default=20_000)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a paper experiment's grid of runs (skips finished runs, resumes others)")
+    p.add_argument("config", help="packaged experiment name (see 'experiments list') or a .toml path")
+    p.add_argument("--budget", choices=["quick", "paper"], default="quick")
+    add_sweep_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("experiments", help="list the packaged paper experiments")
+    p.add_argument("action", choices=["list"])
+    p.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("reproduce", help="sweep a paper experiment, then write its report")
+    p.add_argument("name", help="packaged experiment name or a .toml path")
+    p.add_argument("--budget", choices=["quick", "paper"], required=True)
+    add_sweep_arguments(p)
+    p.add_argument("--report-dir", default=None, help="default: reports/<budget>/<experiment>")
+    p.set_defaults(func=cmd_reproduce)
+
+    from .experiments.report import add_report_arguments
+
+    p = sub.add_parser("report", help="tables and figures (Markdown, LaTeX, PNG) for a directory of runs")
+    add_report_arguments(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -69,7 +69,10 @@ class MaskedNet(struct.PyTreeNode):
         return self.module.apply(variables, *inputs, train=True, rngs={"dropout": dropout_key})
 
     def apply_gradients(self, grads: PyTree) -> "MaskedNet":
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        # The optimizer sees θ ⊙ m: parameter-dependent terms (L1's sign(θ), AdamW's decay)
+        # vanish for pruned weights, so their Adam moments only decay; the update mask
+        # then guarantees they do not move at all.
+        updates, opt_state = self.tx.update(grads, self.opt_state, apply_mask(self.params, self.mask))
         updates = apply_mask(updates, self.mask)
         return self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state)
 

@@ -5,7 +5,7 @@ that network with. A mask refresh, for every such network:
 
 1. scores every weight with SNIP, ``S(θ_q) = |θ_q · ∂L_n/∂θ_q|``, evaluated with the
    mask set to all ones (the full network, pruned weights at their frozen values);
-2. keeps the global top-k weight entries of the network, ``k = round(keep · #weights)``
+2. keeps the global top-k weight entries of the network, ``k = max(1, round(keep · #weights))``
    (weight matrices only: leaves named ``kernel``; biases stay dense).
 
 Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or only at
@@ -96,8 +96,8 @@ def topk_masks(scores: PyTree, keep_ratio: float) -> PyTree:
     prunable = jax.tree_util.tree_leaves(flags)
     weights = [leaf.ravel() for leaf, p in zip(leaves, prunable) if p]
     flat = jnp.concatenate(weights)
-    k = int(round(keep_ratio * flat.size))
-    keep = jnp.zeros(flat.size, jnp.float32).at[jax.lax.top_k(flat, k)[1]].set(1.0) if k else jnp.zeros(flat.size)
+    k = max(1, int(round(keep_ratio * flat.size)))  # at least one weight, even for a toy network
+    keep = jnp.zeros(flat.size, jnp.float32).at[jax.lax.top_k(flat, k)[1]].set(1.0)
     masks, offset = [], 0
     for leaf, p in zip(leaves, prunable):
         if p:
@@ -121,16 +121,19 @@ def network_masks(loss_fn: LossFn, state: Any, name: str, batch: Any, key: jax.A
 def refresh_masks(
     state: Any, losses: Mapping[str, LossFn], batch: Any, key: jax.Array, config: SparseRegConfig
 ) -> tuple[Any, dict]:
-    """New masks for every network in ``losses``; returns the state and per-layer statistics."""
+    """New masks for every network in ``losses``; returns the state and per-layer statistics.
+
+    Every network is scored against the same state (all other masks as they were), so the
+    result does not depend on the order in which networks are listed.
+    """
     keep_ratio = 1.0 - config.sparsity
     keys = jax.random.split(key, len(losses))
-    stats = {}
-    for subkey, (name, loss_fn) in zip(keys, losses.items()):
-        net = getattr(state, name)
-        new_mask = network_masks(loss_fn, state, name, batch, subkey, keep_ratio)
-        stats[name] = mask_statistics(new_mask, net.mask)
-        state = state.replace(**{name: net.replace(mask=new_mask)})
-    return state, stats
+    new_masks = {
+        name: network_masks(loss_fn, state, name, batch, subkey, keep_ratio)
+        for subkey, (name, loss_fn) in zip(keys, losses.items())
+    }
+    stats = {name: mask_statistics(mask, getattr(state, name).mask) for name, mask in new_masks.items()}
+    return state.replace(**{name: getattr(state, name).replace(mask=mask) for name, mask in new_masks.items()}), stats
 
 
 def mask_statistics(mask: PyTree, previous: PyTree | None) -> dict:

@@ -1,0 +1,735 @@
+"""Experiments as data: a TOML file per paper table or figure, expanded into runs and run.
+
+A config (``configs/<name>.toml``, or any path) holds ``name``, ``title``, ``paper``,
+``description``, a ``[base]`` of RunConfig fields, one or more ``[[grid]]`` cartesian products
+(RunConfig field -> list of values, plus an optional ``variants = [...]`` restricting the named
+variants of that grid), ``[variants.<name>]`` RunConfig overrides (dense, sparse, l1, ...),
+``[budgets.paper]`` and ``[budgets.quick]`` (steps, seeds, eval_every, eval_episodes, optional
+``cuts`` text and a ``[budgets.<b>.base]`` of extra overrides), and a ``[report]`` section for
+the reporting code. See docs/experiments.md.
+
+A run's config is built as RunConfig defaults < ``base`` < budget ``base`` < grid values <
+variant < the budget's steps / eval_every / eval_episodes and the seed. It lives in
+``RUNS/<experiment>/<cell-id>/seed_<s>``; ``tags.json`` next to its ``summary.json`` says which
+experiment, cell, variant and grid values it belongs to, and ``RUNS/<experiment>/sweep.json``
+lists the whole expanded sweep.
+
+A sweep skips runs that have a ``summary.json``, resumes those with a checkpoint and no summary,
+and records a failing run's traceback in its ``error.txt`` without stopping the others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import tomllib
+
+from ..training.config import RunConfig
+from ..training.parallel import Job
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+BUDGETS = ("quick", "paper")
+TAGS_FILE = "tags.json"
+SWEEP_FILE = "sweep.json"
+ERROR_FILE = "error.txt"
+SUMMARY_FILE = "summary.json"  # as written by training.trainer
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.json"
+
+BUDGET_OWNED = ("steps", "seed", "eval_every", "eval_episodes")  # set by the budget only
+RUN_FIELDS = {f for f in RunConfig.__dataclass_fields__}
+TOP_LEVEL_KEYS = {"name", "title", "paper", "description", "base", "grid", "variants", "budgets", "report"}
+BUDGET_KEYS = {"steps", "seeds", "eval_every", "eval_episodes", "cuts", "base"}
+CELL_ID_PLAIN_AXES = ("algo", "dataset", "size", "env", "subsample")  # the value alone names them
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Time estimates for `sparse-reg experiments list`: updates per second of one process using both
+# cores of an idle 2-core CPU (measured for this project), the total gain of two pinned
+# processes over one (x1.16), and per-run costs measured under load on the same machine:
+# start-up + data + compilation ~15 s, one evaluation ~1 s + 0.08 s per episode (rollouts, train
+# and 200k-row validation MSE, checkpoint).
+CPU_UPDATES_PER_S = {"bc": 1200.0, "td3bc": 450.0, "awac": 450.0, "iql": 350.0}
+PINNED_TOTAL_GAIN = 1.16
+RUN_OVERHEAD_S = 15.0
+EVAL_BASE_S, EVAL_PER_EPISODE_S = 1.0, 0.08
+
+
+class ExperimentError(ValueError):
+    """A config file that cannot be used (raised with the file's name in the message)."""
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    steps: int
+    seeds: tuple[int, ...]
+    eval_every: int
+    eval_episodes: int
+    base: dict = field(default_factory=dict)
+    cuts: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    paper: str
+    description: str
+    source: Path
+    base: dict
+    grids: tuple[dict, ...]
+    variants: dict[str, dict]
+    budgets: dict[str, Budget]
+    report: dict
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid with one variant: every seed of it shares this config."""
+
+    id: str
+    variant: str | None
+    axes: dict  # grid field -> value, in the grid's order
+    overrides: dict  # the RunConfig fields this cell sets (base, grid values, variant)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    experiment: str
+    budget: str
+    cell: Cell
+    seed: int
+    job: Job
+
+    @property
+    def out(self) -> Path:
+        return self.job.out
+
+    def tags(self, experiment: Experiment) -> dict:
+        dataset = str(self.job.config.dataset)
+        family, kind = _family_kind(dataset)
+        return {
+            "experiment": self.experiment,
+            "title": experiment.title,
+            "paper": experiment.paper,
+            "budget": self.budget,
+            "cell": self.cell.id,
+            "variant": self.cell.variant,
+            "seed": self.seed,
+            "axes": self.cell.axes,
+            "family": family,
+            "kind": kind,
+            "config_file": str(experiment.source),
+        }
+
+
+def list_experiments() -> list[str]:
+    """Names of the packaged configs."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_experiment(spec: str | Path) -> Experiment:
+    """A packaged config by name (``table1``) or a TOML file by path."""
+    path = Path(spec)
+    if path.suffix.lower() != ".toml" and len(path.parts) == 1:  # a bare name: a packaged config
+        path = CONFIG_DIR / f"{spec}.toml"
+        if not path.exists():
+            raise ExperimentError(
+                f"unknown experiment '{spec}': not one of {', '.join(list_experiments())} (or give a .toml path)"
+            )
+    if not path.is_file():
+        raise FileNotFoundError(f"no experiment config at {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ExperimentError(f"{path}: not valid TOML: {error}") from None
+    return _parse(data, path)
+
+
+def _parse(data: dict, path: Path) -> Experiment:
+    def fail(message: str):
+        raise ExperimentError(f"{path.name}: {message}")
+
+    unknown = set(data) - TOP_LEVEL_KEYS
+    if unknown:
+        fail(f"unknown key(s) {sorted(unknown)}; known: {sorted(TOP_LEVEL_KEYS)}")
+    name = data.get("name") or path.stem
+    if not isinstance(name, str) or not _NAME.match(name):
+        fail(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
+
+    def run_fields(table: Any, where: str) -> dict:
+        if not isinstance(table, dict):
+            fail(f"{where} must be a table of RunConfig fields")
+        bad = set(table) - RUN_FIELDS
+        if bad:
+            fail(f"{where}: unknown RunConfig field(s) {sorted(bad)}")
+        owned = set(table) & set(BUDGET_OWNED)
+        if owned:
+            fail(f"{where}: {sorted(owned)} are set by the budget (steps, seeds, eval_every, eval_episodes)")
+        return dict(table)
+
+    base = run_fields(data.get("base", {}), "[base]")
+    variants = {}
+    for variant, overrides in (data.get("variants") or {}).items():
+        if not _NAME.match(variant):
+            fail(f"variant name {variant!r} must be letters, digits, '.', '_' or '-'")
+        variants[variant] = run_fields(overrides, f"[variants.{variant}]")
+
+    grids = data.get("grid")
+    if isinstance(grids, dict):
+        grids = [grids]
+    if not grids or not isinstance(grids, list):
+        fail("needs at least one [[grid]]")
+    parsed_grids = []
+    for i, grid in enumerate(grids):
+        where = f"[[grid]] #{i + 1}"
+        grid = dict(grid)
+        names = grid.pop("variants", None)
+        names = list(variants) if names is None else names
+        missing = [v for v in names if v not in variants]
+        if missing:
+            fail(f"{where}: unknown variant(s) {missing}; defined: {sorted(variants)}")
+        axes = run_fields(grid, where)
+        for axis, values in axes.items():
+            if not isinstance(values, list) or not values:
+                fail(f"{where}: '{axis}' must be a non-empty list of values")
+        parsed_grids.append({"axes": axes, "variants": list(names)})
+
+    budgets = {}
+    for budget_name, raw in (data.get("budgets") or {}).items():
+        where = f"[budgets.{budget_name}]"
+        bad = set(raw) - BUDGET_KEYS
+        if bad:
+            fail(f"{where}: unknown key(s) {sorted(bad)}; known: {sorted(BUDGET_KEYS)}")
+        missing = {"steps", "seeds", "eval_every", "eval_episodes"} - set(raw)
+        if missing:
+            fail(f"{where}: missing {sorted(missing)}")
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds):
+            fail(f"{where}: seeds must be a non-empty list of distinct integers")
+        budgets[budget_name] = Budget(
+            budget_name, int(raw["steps"]), tuple(int(s) for s in seeds), int(raw["eval_every"]),
+            int(raw["eval_episodes"]), run_fields(raw.get("base", {}), f"[budgets.{budget_name}.base]"),
+            " ".join(str(raw.get("cuts", "")).split()),
+        )
+    for required in BUDGETS:
+        if required not in budgets:
+            fail(f"needs a [budgets.{required}] section")
+    report = data.get("report", {})
+    if not isinstance(report, dict):
+        fail("[report] must be a table")
+    return Experiment(
+        name=name,
+        title=str(data.get("title", name)),
+        paper=str(data.get("paper", "")),
+        description=" ".join(str(data.get("description", "")).split()),
+        source=path.resolve(),
+        base=base,
+        grids=tuple(parsed_grids),
+        variants=variants,
+        budgets=budgets,
+        report=report,
+    )
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "all"
+    text = str(value)
+    if "/" in text or "\\" in text or text.endswith((".npz", ".hdf5", ".h5")):
+        text = Path(text).stem  # a dataset file: its name is enough
+    return text
+
+
+def cell_id(axes: dict, variant: str | None) -> str:
+    """Readable and path-safe: ``iql-halfcheetah-expert-v0-5000-sparse``; other axes as ``l10.001``."""
+    parts = [_format_value(v) if k in CELL_ID_PLAIN_AXES else f"{k.replace('_', '')}{_format_value(v)}"
+             for k, v in axes.items()]
+    if variant:
+        parts.append(variant)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)) or "run"
+
+
+def cells(experiment: Experiment) -> list[Cell]:
+    """Every cell of every grid, in file order; identical duplicates across grids are kept once."""
+    result: dict[str, Cell] = {}
+    for grid in experiment.grids:
+        axes_names = list(grid["axes"])
+        for values in itertools.product(*grid["axes"].values()):
+            axes = dict(zip(axes_names, values))
+            for variant in grid["variants"] or [None]:
+                overrides = {**experiment.base, **axes, **(experiment.variants[variant] if variant else {})}
+                cell = Cell(cell_id(axes, variant), variant, axes, overrides)
+                previous = result.get(cell.id)
+                if previous is not None and previous.overrides != cell.overrides:
+                    raise ExperimentError(
+                        f"{experiment.source.name}: two different cells share the id '{cell.id}' "
+                        f"({previous.overrides} vs {cell.overrides})"
+                    )
+                result.setdefault(cell.id, cell)
+    return list(result.values())
+
+
+def run_config(experiment: Experiment, cell: Cell, budget: Budget, seed: int) -> RunConfig:
+    values = {**experiment.base, **budget.base, **cell.axes}
+    if cell.variant:
+        values.update(experiment.variants[cell.variant])
+    values.update(steps=budget.steps, eval_every=budget.eval_every, eval_episodes=budget.eval_episodes, seed=seed)
+    if "hidden_dims" in values:
+        values["hidden_dims"] = tuple(values["hidden_dims"])
+    try:
+        return RunConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise ExperimentError(f"{experiment.source.name}: cell '{cell.id}' ({budget.name}): {error}") from None
+
+
+def expand(experiment: Experiment, budget: str, runs_dir: str | Path) -> list[SweepRun]:
+    """All runs of ``experiment`` under ``budget``: cells x seeds, in ``runs_dir/<name>/<cell>/seed_<s>``."""
+    if budget not in experiment.budgets:
+        raise ExperimentError(f"{experiment.name} has no budget '{budget}' (has: {', '.join(experiment.budgets)})")
+    b = experiment.budgets[budget]
+    root = Path(runs_dir) / experiment.name
+    runs = []
+    for cell in cells(experiment):
+        for seed in b.seeds:
+            config = run_config(experiment, cell, b, seed)
+            runs.append(SweepRun(experiment.name, budget, cell, seed, Job(config, root / cell.id / f"seed_{seed}")))
+    return runs
+
+
+def estimate_seconds(runs: Iterable[SweepRun], cores: int = 2) -> float:
+    """Rough wall time on an idle ``cores``-core CPU with one pinned process per core."""
+    per_core = PINNED_TOTAL_GAIN / 2  # each of two pinned processes, relative to one process on both cores
+    total = 0.0
+    for run in runs:
+        c = run.job.config
+        speed = CPU_UPDATES_PER_S.get(c.algo, 400.0) * per_core
+        evaluations = math.ceil(c.steps / c.eval_every)
+        total += RUN_OVERHEAD_S + c.steps / speed + evaluations * (EVAL_BASE_S + EVAL_PER_EPISODE_S * c.eval_episodes)
+    return total / max(cores, 1)
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+SKIP, RESUME, FRESH, CONFLICT = "skip", "resume", "run", "conflict"
+
+
+def run_state(run: SweepRun) -> tuple[str, str]:
+    """What a sweep does with ``run`` now, and why: skip (finished), resume, run, or conflict."""
+    out = run.out
+    finished, checkpoint = (out / SUMMARY_FILE).exists(), (out / CHECKPOINT_FILE).exists()
+    if finished or checkpoint:
+        try:
+            existing = RunConfig.load(out / CONFIG_FILE).to_dict()
+        except (OSError, ValueError, TypeError) as error:
+            return CONFLICT, f"{out} holds a run whose {CONFIG_FILE} cannot be read ({error})"
+        wanted = run.job.config.to_dict()
+        if existing != wanted:
+            diff = ", ".join(f"{k} {existing.get(k)!r} (wanted {wanted[k]!r})"
+                             for k in wanted if existing.get(k) != wanted[k])
+            return CONFLICT, f"{out} holds a different run: {diff}; use another --runs-dir"
+        return (SKIP, "finished") if finished else (RESUME, "checkpoint without summary")
+    return FRESH, "new" if not out.exists() else "no checkpoint yet: start over"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class SweepResult:
+    experiment: str
+    budget: str
+    runs_dir: Path
+    done: list[SweepRun] = field(default_factory=list)
+    skipped: list[SweepRun] = field(default_factory=list)
+    failed: list[tuple[SweepRun, str]] = field(default_factory=list)  # (run, one-line reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        return (f"{self.experiment} ({self.budget}): {len(self.done)} done, {len(self.skipped)} skipped, "
+                f"{len(self.failed)} failed")
+
+
+def run_sweep(
+    experiment: Experiment | str | Path,
+    budget: str = "quick",
+    runs_dir: str | Path = "runs",
+    backend: str = "local",
+    address: str | None = None,
+    mode: str = "auto",
+    dry_run: bool = False,
+    progress: bool = True,
+    console=None,
+) -> SweepResult:
+    """Run (or with ``dry_run`` list) every run of ``experiment`` under ``budget``.
+
+    backend "local": :func:`sparse_reg.training.parallel.run_jobs` (``mode`` auto: one pinned
+    process per core on a CPU, vmapped seed groups on an accelerator). backend "ray": one Ray
+    task per run (``num_cpus=1``) on the cluster at ``address`` ("auto" = an existing one), or on a
+    local Ray instance started (and stopped) here when ``address`` is None and none is running.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend '{backend}': choose local or ray")
+    if address is not None and backend != "ray":
+        raise ValueError("--address is for --backend ray")
+    experiment = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    runs = expand(experiment, budget, runs_dir)
+    result = SweepResult(experiment.name, budget, Path(runs_dir))
+    states = [(run, *run_state(run)) for run in runs]
+    if dry_run:
+        _print_plan(console, experiment, budget, states)
+        return result
+
+    _write_manifest(experiment, budget, runs, Path(runs_dir))
+    pending: list[SweepRun] = []
+    for run, state, reason in states:
+        if state == SKIP:
+            _write_tags(run, experiment)
+            result.skipped.append(run)
+        elif state == CONFLICT:
+            result.failed.append((run, reason))
+        else:
+            pending.append(run)
+    b = experiment.budgets[budget]
+    console.print(f"{experiment.name} ({experiment.paper}, budget {budget}: {b.steps:,} steps, "
+                  f"{_plural(len(b.seeds), 'seed')}): {_plural(len(runs), 'run')}, {len(result.skipped)} finished, "
+                  f"{len(pending)} to run on {backend}", markup=False, highlight=False)
+    pending = _prepare_datasets(pending, result, experiment, console)
+
+    def record(run: SweepRun, error: str | None) -> None:
+        _write_tags(run, experiment)
+        if error is None:
+            (run.out / ERROR_FILE).unlink(missing_ok=True)
+            result.done.append(run)
+        else:
+            run.out.mkdir(parents=True, exist_ok=True)
+            (run.out / ERROR_FILE).write_text(error)
+            result.failed.append((run, _last_line(error)))
+
+    if pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), disable=not progress, unit="run", desc=f"{experiment.name} {budget}",
+                   dynamic_ncols=True)
+
+        def on_result(run: SweepRun, error: str | None) -> None:
+            record(run, error)
+            bar.update(1)
+            bar.set_postfix(done=len(result.done), failed=len(result.failed))
+
+        try:
+            if backend == "local":
+                _run_local(pending, mode, on_result)
+            else:
+                _run_ray(pending, address, on_result)
+        finally:
+            bar.close()
+    _print_outcome(console, result)
+    return result
+
+
+def _run_local(pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun, str | None], None]) -> None:
+    """Through ``parallel.run_jobs``, one wave (CPU) or one seed group (accelerator) per call.
+
+    ``run_jobs`` stops at the first error of a call (and ends that wave's other workers), so a
+    call that fails is followed by each of its unfinished runs alone in this process: the
+    others finish (or resume) and the failing one fails again with its own traceback.
+    """
+    from ..training.parallel import available_cores, resolve_mode, run_jobs
+
+    mode = resolve_mode(mode)
+    width = {"processes": len(available_cores()), "sequential": 1}.get(mode)
+    for batch in _batches(pending, width):
+        resume = run_state(batch[0])[0] == RESUME
+        try:
+            run_jobs([r.job for r in batch], mode=mode, resume=resume, overwrite=not resume, progress=False)
+        except Exception:  # noqa: BLE001 - any error of a run is that run's failure
+            if len(batch) == 1:
+                on_result(batch[0], traceback.format_exc())
+                continue
+            for run in batch:
+                if (run.out / SUMMARY_FILE).exists():
+                    on_result(run, None)
+                else:
+                    on_result(run, _run_in_process(run))
+        else:
+            for run in batch:
+                on_result(run, None)
+
+
+def _batches(runs: list[SweepRun], width: int | None) -> list[list[SweepRun]]:
+    """Runs that one ``run_jobs`` call can take: same resume state; ``width`` at a time, or
+    (``width`` None: vmap) the seeds of one cell, whose checkpoints are at the same step."""
+    keyed: dict[tuple, list[SweepRun]] = {}
+    for run in runs:
+        state = run_state(run)[0]
+        if width is None:
+            step = _checkpoint_step(run) if state == RESUME else None
+            keyed.setdefault((state, run.cell.id, step), []).append(run)
+        else:
+            keyed.setdefault((state,), []).append(run)
+    batches = []
+    for group in keyed.values():
+        size = width or len(group)
+        batches += [group[i:i + size] for i in range(0, len(group), size)]
+    return batches
+
+
+def _checkpoint_step(run: SweepRun) -> int | None:
+    try:
+        return int(json.loads((run.out / CHECKPOINT_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_in_process(run: SweepRun) -> str | None:
+    """Train one run here; the traceback if it fails."""
+    from ..training.trainer import train
+
+    resume = run_state(run)[0] == RESUME
+    try:
+        train(run.job.config, run.out, resume=resume, overwrite=not resume, progress=False)
+    except Exception:  # noqa: BLE001
+        return traceback.format_exc()
+    return None
+
+
+def execute_run(config: dict, out: str, resume: bool, core: int | None = None) -> str | None:
+    """One run in a worker (Ray task): pinned to ``core`` if given; the traceback if it fails."""
+    if core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, [core])  # before JAX starts its backend (it sizes its thread pool from it)
+    try:
+        from ..training.trainer import train
+
+        train(RunConfig.from_dict(config), out, resume=resume, overwrite=not resume, progress=False)
+    except Exception:  # noqa: BLE001
+        return traceback.format_exc()
+    return None
+
+
+def _run_ray(pending: list[SweepRun], address: str | None, on_result: Callable[[SweepRun, str | None], None]) -> None:
+    """One Ray task per run. On a Ray instance started here (this machine's cores), each task is
+    pinned to a free core, as the local backend's workers are; on a cluster Ray places them."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--backend ray needs Ray: pip install 'sparse-reg[sweep]'") from None
+    from ..training.parallel import available_cores
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=len(available_cores()), include_dashboard=False, log_to_driver=False)
+            started = True
+    try:
+        task = ray.remote(num_cpus=1, max_calls=1, max_retries=0)(execute_run)
+        free_cores = list(available_cores()) if started else []
+        slots = len(free_cores) if started else max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        queue, in_flight = list(pending), {}
+        while queue or in_flight:
+            while queue and len(in_flight) < slots:
+                run = queue.pop(0)
+                core = free_cores.pop(0) if started else None
+                resume = run_state(run)[0] == RESUME
+                ref = task.remote(run.job.config.to_dict(), str(run.out), resume, core)
+                in_flight[ref] = (run, core)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                run, core = in_flight.pop(ref)
+                if core is not None:
+                    free_cores.append(core)
+                try:
+                    error = ray.get(ref)
+                except Exception:  # noqa: BLE001 - the worker died (killed, out of memory, ...)
+                    error = traceback.format_exc()
+                on_result(run, error)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _prepare_datasets(pending: list[SweepRun], result: SweepResult, experiment: Experiment, console) -> list[SweepRun]:
+    """Build each project dataset the pending runs use, once, before any worker starts."""
+    from ..data import registry
+    from ..data.dataset import DatasetError
+
+    names = sorted({str(r.job.config.dataset) for r in pending} & set(registry.known_names()))
+    broken: dict[str, str] = {}
+    for name in names:
+        try:
+            registry.make(name)
+        except (DatasetError, OSError, ValueError) as error:
+            broken[name] = f"cannot build dataset {name}: {error}"
+            console.print(broken[name], style="red", markup=False)
+    kept = []
+    for run in pending:
+        message = broken.get(str(run.job.config.dataset))
+        if message is None:
+            kept.append(run)
+            continue
+        _write_tags(run, experiment)
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / ERROR_FILE).write_text(message + "\n")
+        result.failed.append((run, message))
+    return kept
+
+
+# ----------------------------------------------------------------------------- files and output
+
+
+def _family_kind(dataset: str) -> tuple[str | None, str | None]:
+    from ..data import registry
+
+    try:
+        return registry.parse_name(dataset)
+    except Exception:  # noqa: BLE001 - not a project dataset name (a file, a Minari id)
+        return None, None
+
+
+def _write_tags(run: SweepRun, experiment: Experiment) -> None:
+    if run.out.is_dir():
+        (run.out / TAGS_FILE).write_text(json.dumps(run.tags(experiment), indent=2) + "\n")
+
+
+def _write_manifest(experiment: Experiment, budget: str, runs: list[SweepRun], runs_dir: Path) -> Path:
+    b = experiment.budgets[budget]
+    path = runs_dir / experiment.name / SWEEP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "experiment": experiment.name,
+        "title": experiment.title,
+        "paper": experiment.paper,
+        "description": experiment.description,
+        "config_file": str(experiment.source),
+        "budget": {"name": budget, "steps": b.steps, "seeds": list(b.seeds), "eval_every": b.eval_every,
+                   "eval_episodes": b.eval_episodes, "base": b.base, "cuts": b.cuts},
+        "variants": experiment.variants,
+        "report": experiment.report,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "runs": [{"dir": str(r.out.relative_to(path.parent)), "cell": r.cell.id, "variant": r.cell.variant,
+                  "seed": r.seed, "axes": r.cell.axes} for r in runs],
+    }
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _last_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    # "sparse_reg.data.dataset.DatasetError: ..." -> "DatasetError: ..."
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+(?::|$))", "", lines[-1].strip()) if lines else "failed"
+
+
+def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple[SweepRun, str, str]]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    root = states[0][0].out.parent.parent if states else Path(".")
+    table = Table(title=f"{experiment.name}: {experiment.title} ({experiment.paper}), budget {budget}",
+                  caption=f"runs in {root}/<cell>/seed_<s>")
+    table.add_column("cell", overflow="fold")
+    table.add_column("seeds: action", overflow="fold")
+    by_cell: dict[str, list[tuple[SweepRun, str, str]]] = {}
+    for entry in states:
+        by_cell.setdefault(entry[0].cell.id, []).append(entry)
+    for cell_id, entries in by_cell.items():
+        actions: dict[str, list[str]] = {}
+        for run, state, reason in entries:
+            action = state if state in (SKIP, FRESH, RESUME) else f"{state} ({reason})"
+            actions.setdefault(action, []).append(str(run.seed))
+        summary = "; ".join(f"{','.join(seeds)}: {action}" for action, seeds in actions.items())
+        table.add_row(Text(cell_id), Text(summary))
+    console.print(table)
+    counts = {s: sum(1 for _, state, _ in states if state == s) for s in (FRESH, RESUME, SKIP, CONFLICT)}
+    b = experiment.budgets[budget]
+    todo = [run for run, state, _ in states if state in (FRESH, RESUME)]
+    console.print(f"{_plural(len(states), 'run')} ({_plural(len(by_cell), 'cell')} x {_plural(len(b.seeds), 'seed')}, "
+                  f"{b.steps:,} steps each): {counts[FRESH]} to run, {counts[RESUME]} to resume, "
+                  f"{counts[SKIP]} finished, {counts[CONFLICT]} in conflict; about "
+                  f"{format_duration(estimate_seconds(todo))} on an idle 2-core CPU", markup=False, highlight=False)
+    if b.cuts:
+        console.print(f"budget {budget} cuts: {b.cuts}", markup=False, highlight=False)
+
+
+def _print_outcome(console, result: SweepResult) -> None:
+    console.print(result.line(), style="green" if result.ok else "red", markup=False)
+    for run, reason in result.failed:
+        where = run.out / ERROR_FILE
+        console.print(f"  failed: {run.out}: {reason}" + (f" (traceback in {where})" if where.exists() else ""),
+                      markup=False, highlight=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _short_paper(paper: str) -> str:
+    """"Figure 4, Figure 8, Figure 9" -> "Fig. 4, 8, 9"."""
+    parts = [p.strip() for p in paper.split(",") if p.strip()]
+    if parts and all(p.startswith("Figure ") for p in parts):
+        return "Fig. " + ", ".join(p[len("Figure "):] for p in parts)
+    return paper
+
+
+def experiments_table(console=None) -> None:
+    """``sparse-reg experiments list``: every packaged config with its run counts and time estimates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="Paper experiments (sparse-reg sweep NAME / reproduce NAME)")
+    names = list_experiments()
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
+    table.add_column("paper", no_wrap=True)
+    for column in ("cells", "quick\nruns", "quick\ntime*", "paper\nruns", "paper\ntime*"):
+        table.add_column(column, justify="right", no_wrap=True)
+    wide = console.width >= 110  # titles only where they fit
+    if wide:
+        table.add_column("title", overflow="fold", ratio=1)
+    for name in names:
+        experiment = load_experiment(name)
+        row = [name, _short_paper(experiment.paper), str(len(cells(experiment)))]
+        for budget in BUDGETS:
+            runs = expand(experiment, budget, "runs")
+            row += [str(len(runs)), format_duration(estimate_seconds(runs))]
+        table.add_row(*row, *([experiment.title] if wide else []))
+    console.print(table)
+    console.print("* estimated wall time on an idle 2-core CPU, one pinned process per core "
+                  "(see docs/experiments.md for how)")

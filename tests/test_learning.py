@@ -1,0 +1,52 @@
+"""Learning on a small real MuJoCo dataset: every algorithm improves the return.
+
+The data are 8k transitions of the shipped Hopper expert policy (stochastic), collected
+on the fly; each algorithm trains for 3k steps with Sparse-Reg on ("auto": 95%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparse_reg.algorithms import get_algorithm
+from sparse_reg.data.collect import behaviour_policy_fn, collect_rollouts
+from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+from sparse_reg.data.registry import load_policy, policy_dir
+from sparse_reg.training.config import RunConfig
+from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
+from sparse_reg.training.trainer import PreparedData, initial_state, train
+
+import jax
+import jax.numpy as jnp
+
+
+@pytest.fixture(scope="module")
+def hopper_expert():
+    policy = load_policy(policy_dir() / "hopper" / "expert.npz")
+    data = collect_rollouts(behaviour_policy_fn(policy), "Hopper-v5", 8000, seed=0, n_envs=8)
+    return data.replace(env_id="Hopper-v5", reference=D4RL_REFERENCE_SCORES["hopper"])
+
+
+def untrained_return(config: RunConfig, dataset) -> float:
+    data = PreparedData.from_config(config, dataset)
+    state, _ = initial_state(config, dataset.obs_dim, dataset.action_dim, sparse=False)
+    policy = jax.jit(make_policy(get_algorithm(config.algo).act))
+    normalizer = (jnp.asarray(data.normalizer.mean), jnp.asarray(data.normalizer.std))
+    evaluator = RolloutEvaluator("Hopper-v5", config.eval_episodes)
+    try:
+        return float(np.mean(evaluator.run(lambda obs: np.asarray(policy(state, normalizer, obs)), seed=0)))
+    finally:
+        evaluator.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["bc", "td3bc", "awac", "iql"])
+def test_short_sparse_run_improves_return(tmp_path, hopper_expert, algo):
+    config = RunConfig(algo=algo, dataset="hopper-expert-sample", size=5000, validation_size=3000, steps=3000,
+                       eval_every=1000, eval_episodes=5, sparsity="auto", mask_interval=1000)
+    before = untrained_return(config, hopper_expert)
+    summary = train(config, tmp_path / algo, dataset=hopper_expert, progress=False)
+    after = summary["final_return"]
+    # Random actions score ~16 on Hopper-v5, an untrained policy ~10-200; the data's policy ~3200.
+    assert after > max(3 * before, 300), (before, [r["return_mean"] for r in summary["eval_history"]])

@@ -1,0 +1,282 @@
+"""The sweep report: grouping, paper-form table cells, IQM / bootstrap, figures and index.md links."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+from sparse_reg.experiments import report
+from sparse_reg.experiments.report import iqm, run_variant, stratified_bootstrap_ci, write_report
+
+STEPS, EVAL_EVERY = 20_000, 5_000
+REFS = {"hopper": (-20.0, 3200.0), "walker2d": (0.0, 4500.0)}
+
+# Final normalised scores per (algo, env, variant), one per seed (seeds 0, 1, 2).
+FINAL = {
+    ("iql", "hopper", "dense"): [10.0, 20.0, 30.0],
+    ("iql", "hopper", "sparse"): [40.0, 50.0, 60.0],
+    ("iql", "walker2d", "dense"): [60.0, 70.0, 80.0],
+    ("iql", "walker2d", "sparse"): [40.0, 50.0, 60.0],
+    ("bc", "hopper", "dense"): [5.0, 15.0, 25.0],
+    ("bc", "hopper", "sparse"): [35.0, 45.0, 55.0],
+    ("bc", "hopper", "l1"): [20.0, 20.0, 20.0],
+}
+VARIANT_CONFIG = {"dense": {"sparsity": 0.0}, "sparse": {"sparsity": "auto"}, "l1": {"sparsity": 0.0, "l1": 1e-4}}
+ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+
+
+def _config(algo, env, variant, seed, **extra):
+    return {
+        "algo": algo, "dataset": f"{env}-expert-v0", "env": None, "size": 5000, "subsample": "trajectories",
+        "validation_size": 2000, "sparsity": 0.0, "mask_interval": 5000, "mask_until": 10_000, "steps": STEPS,
+        "seed": seed, "eval_every": EVAL_EVERY, "eval_episodes": 2, "hidden_dims": [256, 256], "dropout": 0.0,
+        "layer_norm": False, "spectral_norm": False, "l1": 0.0, "weight_decay": 0.0, "algo_options": {},
+        **VARIANT_CONFIG[variant], **extra,
+    }
+
+
+def _to_return(env, score):
+    random, expert = REFS[env]
+    return random + score / 100.0 * (expert - random)
+
+
+def _write_run(directory: Path, algo, env, variant, seed, final_score, *, steps=STEPS, summary=True, **extra):
+    directory.mkdir(parents=True)
+    config = _config(algo, env, variant, seed, steps=steps, **extra)
+    (directory / "config.json").write_text(json.dumps(config))
+    history = []
+    for i, step in enumerate(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY)):
+        score = final_score * (i + 1) / (STEPS // EVAL_EVERY)
+        history.append({
+            "step": step, "return_mean": _to_return(env, score), "return_std": 1.0, "normalized_score": score,
+            "train_mse": 0.1 / (i + 1), "validation_mse": 0.1 + 0.01 * i + (0.0 if variant == "dense" else -0.02),
+        })
+    with open(directory / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    if variant == "sparse":
+        networks = ("actor", "critic", "value") if algo == "iql" else ("actor",)
+        with open(directory / "masks.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "network", "layer", "sparsity", "changed"])
+            for step in (0, 5000):
+                for network in networks:
+                    for layer, sparsity in (("params/Dense_0", 0.9), ("params/Dense_1", 0.97), ("total", 0.95)):
+                        writer.writerow([step, network, layer, sparsity + (0.01 if step else 0.0),
+                                         1.0 if step == 0 else 0.05])
+    if summary:
+        (directory / "summary.json").write_text(json.dumps({
+            "algo": algo, "dataset": config["dataset"], "env": ENV_IDS[env], "size": 5000, "validation_size": 2000,
+            "seed": seed, "steps": steps, "sparsity": {"actor": 0.95 if variant == "sparse" else 0.0},
+            "final_return": history[-1]["return_mean"], "final_normalized_score": history[-1]["normalized_score"],
+            "reference_scores": {"random": REFS[env][0], "expert": REFS[env][1]}, "config": config,
+            "eval_history": history,
+        }))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs = root / "runs"
+    for (algo, env, variant), scores in FINAL.items():
+        for seed, score in enumerate(scores):
+            _write_run(runs / "exp" / f"{algo}-{env}-{variant}" / f"seed_{seed}", algo, env, variant, seed, score)
+    # a run still in progress (no summary.json), a corrupt summary, and one stopped early
+    _write_run(runs / "exp" / "iql-hopper-dense" / "seed_3", "iql", "hopper", "dense", 3, 99.0, summary=False)
+    broken = runs / "exp" / "broken" / "seed_0"
+    broken.mkdir(parents=True)
+    (broken / "summary.json").write_text("{not json")
+    _write_run(runs / "exp" / "iql-hopper-sparse" / "seed_9", "iql", "hopper", "sparse", 9, 99.0, steps=40_000)
+    # the same cell and seed again (another experiment, another mask schedule): counted once
+    _write_run(runs / "other" / "dup" / "seed_1", "iql", "hopper", "dense", 1, 77.0, mask_until=5000)
+    # a tags.json naming the variant wins over the config
+    _write_run(runs / "other" / "tagged" / "seed_0", "iql", "hopper", "dense", 0, 33.0)
+    (runs / "other" / "tagged" / "seed_0" / "tags.json").write_text(json.dumps({"experiment": "x", "variant": "custom"}))
+    out = root / "out"
+    index = write_report(runs, out, reps=300, seed=0)
+    return runs, out, index
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_iqm_hand_values():
+    assert iqm(np.arange(1, 9)) == pytest.approx(4.5)  # middle 50% of 1..8: 3, 4, 5, 6
+    assert iqm(np.arange(1, 11)) == pytest.approx(5.5)  # cut int(2.5)=2 each end: 3..8
+    assert iqm([5.0, 1.0, 100.0, 2.0]) == pytest.approx(3.5)  # unsorted input: 2, 5
+    assert iqm([7.0]) == pytest.approx(7.0)
+    np.testing.assert_allclose(iqm(np.array([[1, 2, 3, 4], [10, 20, 30, 40]])), [2.5, 25.0])
+
+
+def test_iqm_matches_scipy_trim_mean():
+    stats = pytest.importorskip("scipy.stats")
+    x = np.random.default_rng(3).normal(size=37)
+    assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_bootstrap_ci_contains_iqm_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    strata = [rng.normal(loc, 5.0, size=5) for loc in (10.0, 50.0, 80.0)]
+    point, lo, hi = stratified_bootstrap_ci(strata, reps=500, seed=7)
+    assert point == pytest.approx(iqm(np.concatenate(strata)))
+    assert lo < point < hi
+    assert stratified_bootstrap_ci(strata, reps=500, seed=7) == (point, lo, hi)
+    assert stratified_bootstrap_ci(strata, reps=500, seed=8)[1:] != (lo, hi)
+
+
+def test_bootstrap_is_stratified():
+    # Resampling within each task keeps exactly one 10 in every replicate: the mean never moves.
+    point, lo, hi = stratified_bootstrap_ci([[0.0, 0.0, 0.0], [10.0]], statistic=lambda x: np.mean(x, axis=-1))
+    assert (point, lo, hi) == pytest.approx((2.5, 2.5, 2.5))
+    assert all(np.isnan(stratified_bootstrap_ci([[np.nan], []])))
+
+
+def test_run_variant_from_config_and_tags():
+    base = _config("iql", "hopper", "dense", 0)
+    assert run_variant(base) == "dense"
+    assert run_variant({**base, "sparsity": "auto"}) == "sparse"
+    assert run_variant({**base, "sparsity": 0.95}) == "sparse95"  # explicit levels are named (Table 3)
+    assert run_variant({**base, "sparsity": 0.75}) == "sparse75"
+    assert run_variant({**base, "sparsity": "auto", "mask_until": 0}) == "sfi"
+    assert run_variant({**base, "l1": 1e-3}) == "l1"
+    assert run_variant({**base, "dropout": 0.1}) == "dropout"
+    assert run_variant({**base, "weight_decay": 1e-4}) == "wd"
+    assert run_variant({**base, "spectral_norm": True}) == "specnorm"
+    assert run_variant({**base, "layer_norm": True}) == "layernorm"
+    assert run_variant({**base, "hidden_dims": [64, 64]}) == "hd64"
+    assert run_variant({**base, "sparsity": "auto", "l1": 1e-3}) == "sparse+l1"
+    assert run_variant({**base, "sparsity": "auto"}, {"variant": "spu"}) == "spu"
+    assert run_variant(base, {"experiment": "x"}) == "dense"
+
+
+def test_comparison_cell_markers():
+    assert report.comparison_cell([1.0, 3.0], [4.0, 6.0]) == "2.0 ± 1.0 → **5.0 ± 1.0** ▲"
+    assert report.comparison_cell([4.0, 6.0], [1.0, 3.0]) == "5.0 ± 1.0 → 2.0 ± 1.0 ▼"
+    assert report.comparison_cell([], [1.0]) == "– → 1.0 ± 0.0"
+    tex = report.comparison_cell([1.0, 3.0], [4.0, 6.0], latex=True)
+    assert tex == r"$2.0 \pm 1.0$ $\rightarrow$ \textcolor{blue}{$5.0 \pm 1.0$}"
+    assert r"\textcolor{red}" in report.comparison_cell([4.0, 6.0], [1.0, 3.0], latex=True)
+
+
+def test_packaged_paper_csv_has_the_signs_of_the_paper():
+    paper = report.load_paper_table()
+    assert len(paper) == 54
+    random, expert = D4RL_REFERENCE_SCORES["halfcheetah"].random, D4RL_REFERENCE_SCORES["halfcheetah"].expert
+    dense_mean, _ = paper[("expert", 5000, "td3bc", "halfcheetah")]["dense"]
+    assert dense_mean == pytest.approx(100 * (-260.51 - random) / (expert - random))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _table_cell(markdown: str, section: str, algo: str, column: int) -> str:
+    text = markdown.split(f"### {section}")[1]
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[1] == algo:
+            return cells[column]
+    raise AssertionError(f"no row {algo} in {section}")
+
+
+def _hand(values):
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def test_table_cells_are_dense_to_sparse_with_markers(built):
+    _, out, _ = built
+    md = (out / "tables" / "normalized_score.md").read_text()
+    hop_d, hop_s = FINAL[("iql", "hopper", "dense")], FINAL[("iql", "hopper", "sparse")]
+    walk_d, walk_s = FINAL[("iql", "walker2d", "dense")], FINAL[("iql", "walker2d", "sparse")]
+    # columns: Size, Algorithm, Hopper, Walker2d
+    assert _table_cell(md, "expert", "IQL", 2) == f"{_hand(hop_d)} → **{_hand(hop_s)}** ▲"
+    assert _table_cell(md, "expert", "IQL", 2) == "20.0 ± 8.2 → **50.0 ± 8.2** ▲"
+    assert _table_cell(md, "expert", "IQL", 3) == f"{_hand(walk_d)} → {_hand(walk_s)} ▼"
+    assert _table_cell(md, "expert", "BC", 3) == "– → –"  # no BC runs on walker2d
+    # the paper's IQL 5k expert Hopper row, normalised with D4RL's constants
+    ref = D4RL_REFERENCE_SCORES["hopper"]
+    norm = lambda r: 100 * (r - ref.random) / (ref.expert - ref.random)  # noqa: E731
+    scale = 100 / (ref.expert - ref.random)
+    paper_cell = _table_cell(md, "expert", "*paper IQL*", 2)
+    assert paper_cell == (f"*{norm(895.89):.1f} ± {131.78 * scale:.1f} → {norm(2075.30):.1f} ± "
+                          f"{749.97 * scale:.1f} ▲*")
+    returns = (out / "tables" / "final_return.md").read_text()
+    hop_rd = [_to_return("hopper", s) for s in hop_d]
+    hop_rs = [_to_return("hopper", s) for s in hop_s]
+    assert _table_cell(returns, "expert", "IQL", 2) == f"{_hand(hop_rd)} → **{_hand(hop_rs)}** ▲"
+    tex = (out / "tables" / "normalized_score.tex").read_text()
+    assert r"\textcolor{blue}{$50.0 \pm 8.2$}" in tex and r"\textcolor{red}{$50.0 \pm 8.2$}" in tex
+    assert "\\begin{tabular}" in tex and "\\bottomrule" in tex
+
+
+def test_variant_table_and_iqm_table(built):
+    _, out, _ = built
+    variants = (out / "tables" / "variants.md").read_text()
+    row = next(line for line in variants.splitlines() if "| BC | Hopper |" in line)
+    assert row.split("|")[4:7] == [" 15.0 ± 8.2 ", " **45.0 ± 8.2** ", " 20.0 ± 0.0 "]
+    assert next(l for l in variants.splitlines() if l.startswith("| Size")).split("|")[4:9] == [" dense ", " sparse ", " l1 ", " custom ", ""]
+    assert "custom" in variants  # the tags.json variant
+    with open(out / "tables" / "iqm.csv") as f:
+        rows = list(csv.DictReader(f))
+    iql_sparse = next(r for r in rows if r["algo"] == "iql" and r["variant"] == "sparse" and r["size"] == "5000")
+    pooled = FINAL[("iql", "hopper", "sparse")] + FINAL[("iql", "walker2d", "sparse")]
+    assert float(iql_sparse["iqm"]) == pytest.approx(iqm(pooled))
+    assert float(iql_sparse["ci_low"]) <= float(iql_sparse["iqm"]) <= float(iql_sparse["ci_high"])
+    assert int(iql_sparse["n_scores"]) == 6 and int(iql_sparse["n_tasks"]) == 2
+
+
+def test_expected_figures_exist_and_are_not_trivial(built):
+    _, out, _ = built
+    expected = [
+        "curves_expert_iql.png", "curves_expert_bc.png", "final_scores_expert_iql.png", "final_scores_expert_bc.png",
+        "mse_expert_bc.png", "masks_expert_iql_5k_sparse.png", "masks_expert_bc_5k_sparse.png", "iqm_expert.png",
+    ]
+    for name in expected:
+        path = out / "figures" / name
+        assert path.exists(), name
+        assert path.stat().st_size > 10_000, name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "figures" / "masks_expert_iql_5k_dense.png").exists()  # dense runs have no masks.csv
+
+
+def test_index_links_resolve_and_skips_are_reported(built):
+    runs, out, index = built
+    assert index == out / "index.md"
+    text = index.read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert len(links) >= 12
+    for link in links:
+        assert (out / link).exists(), link
+    for name in ("curves_expert_iql.png", "iqm_expert.png", "normalized_score.md", "final_scores.csv"):
+        assert name in text
+    skipped = text.split("## Skipped")[1].split("\n## ")[0]
+    assert "exp/iql-hopper-dense/seed_3" in skipped and "in progress" in skipped
+    assert "last evaluation at step 20000" in skipped
+    assert "exp/broken/seed_0" in skipped and "unreadable" in skipped
+    assert "exp/iql-hopper-sparse/seed_9" in skipped and "incomplete" in skipped
+    assert "other/dup/seed_1" in skipped and "differs in mask_until" in skipped
+    # skipped runs are not counted: 3 seeds per cell
+    with open(out / "tables" / "final_scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(v) for v in FINAL.values()) + 1
+    assert {r["seed"] for r in rows if r["algo"] == "iql" and r["family"] == "hopper" and r["variant"] == "dense"} == {
+        "0", "1", "2"}
+
+
+def test_cli_entry_on_a_sweep_with_nothing_finished(tmp_path, capsys):
+    import argparse
+
+    _write_run(tmp_path / "runs" / "a" / "seed_0", "iql", "hopper", "sparse", 0, 10.0, summary=False)
+    parser = argparse.ArgumentParser()
+    report.add_report_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-paper"])
+    assert report.report_command(args) == 0
+    text = (tmp_path / "out" / "index.md").read_text()
+    assert "No finished runs found." in text and "a/seed_0" in text and "in progress" in text
+    assert str(tmp_path / "out" / "index.md") in capsys.readouterr().out

@@ -1,0 +1,270 @@
+"""Paper experiments as data: every packaged config expands as documented; sweeps skip, resume,
+record failures and run on Ray (a real local Ray instance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparse_reg.cli import main
+from sparse_reg.data import registry
+from sparse_reg.experiments import sweep
+from sparse_reg.experiments.sweep import (
+    CONFLICT,
+    ERROR_FILE,
+    FRESH,
+    RESUME,
+    SKIP,
+    TAGS_FILE,
+    ExperimentError,
+    expand,
+    load_experiment,
+    run_state,
+    run_sweep,
+)
+from sparse_reg.training.config import RunConfig
+
+# cells per packaged config, and seeds per budget (quick, paper)
+EXPECTED_CELLS = {
+    "figure1": 24, "figure2": 28, "figure3": 48, "figure4": 49, "figure5": 3, "figure6": 12,
+    "table1": 36, "table2": 8, "table3": 20, "table4": 72, "table5": 16,
+}
+QUICK_SEEDS = {"figure4": 2}
+
+
+def test_every_paper_config_is_packaged():
+    assert sweep.list_experiments() == sorted(EXPECTED_CELLS)
+
+
+@pytest.mark.parametrize("budget", ["quick", "paper"])
+@pytest.mark.parametrize("name", sorted(EXPECTED_CELLS))
+def test_packaged_config_expands(name, budget, tmp_path):
+    experiment = load_experiment(name)
+    runs = expand(experiment, budget, tmp_path)
+    seeds = 5 if budget == "paper" else QUICK_SEEDS.get(name, 3)
+    assert len(runs) == EXPECTED_CELLS[name] * seeds
+    assert len({r.cell.id for r in runs}) == EXPECTED_CELLS[name]
+    assert len({r.out for r in runs}) == len(runs)  # unique run directories
+    b = experiment.budgets[budget]
+    for run in runs:
+        c = run.job.config
+        assert run.out == tmp_path / name / run.cell.id / f"seed_{run.seed}"
+        assert (c.steps, c.eval_every, c.eval_episodes, c.seed) == (b.steps, b.eval_every, b.eval_episodes, run.seed)
+        assert c.dataset in registry.known_names()
+        assert c.dataset in run.cell.id and c.algo in run.cell.id and str(c.size) in run.cell.id
+        assert run.cell.variant and run.cell.id.endswith(run.cell.variant)
+    if budget == "paper":
+        assert b.steps == (800_000 if name == "figure6" else 1_000_000) and b.eval_every == 5_000
+        assert b.eval_episodes == 10 and not b.base
+    else:
+        assert b.cuts and b.steps < 1_000_000
+
+
+def test_cell_ids_are_readable_and_unique_across_configs():
+    ids = [r.cell.id for r in expand(load_experiment("table1"), "quick", "runs")]
+    assert "iql-halfcheetah-expert-v0-5000-sparse" in ids
+    assert "td3bc-walker2d-expert-v0-10000-dense" in ids
+    for name in sweep.list_experiments():
+        ids = [c.id for c in sweep.cells(load_experiment(name))]
+        assert len(ids) == len(set(ids)), name
+        assert all(i.replace("-", "").replace(".", "").replace("_", "").isalnum() for i in ids), ids
+
+
+def test_variants_and_budget_overrides():
+    def configs(name, budget="quick"):
+        return {(r.cell.variant, r.job.config.dataset, r.job.config.size): r.job.config
+                for r in expand(load_experiment(name), budget, "runs") if r.seed == 0}
+
+    t1 = configs("table1")
+    assert t1[("dense", "hopper-expert-v0", 5000)].sparsity == 0.0
+    assert t1[("sparse", "hopper-expert-v0", 5000)].sparsity == "auto"
+    assert t1[("sparse", "hopper-expert-v0", 5000)].mask_until == 6_000  # quick compresses the schedule
+    assert configs("table1", "paper")[("sparse", "hopper-expert-v0", 5000)].mask_until == 200_000
+    f5 = configs("figure5")
+    assert f5[("sfi", "halfcheetah-expert-v0", 5000)].mask_until == 0  # the variant beats the budget
+    f2 = {variant: c for (variant, dataset, _), c in configs("figure2").items() if dataset == "walker2d-medium-v0"}
+    assert f2["l1"].l1 == 1e-4 and f2["dropout"].dropout == 0.1 and f2["wd"].weight_decay == 0.01
+    assert f2["specnorm"].spectral_norm and f2["layernorm"].layer_norm and f2["sparse"].sparsity == "auto"
+    assert f2["dense"].sparsity == 0.0 and f2["l1"].sparsity == 0.0
+    assert configs("table2")[("hd64", "hopper-expert-v0", 5000)].hidden_dims == (64, 64)
+    assert configs("table3")[("sparse20", "halfcheetah-expert-v0", 100000)].sparsity == 0.2
+    l1 = [k for k in configs("figure4") if k[0] == "l1"]
+    assert l1 == [("l1", "halfcheetah-expert-v0", 50000)]  # Figure 4's L1 only where the paper has it
+
+
+TINY_TOML = """
+name = "tiny"
+title = "tiny sweep"
+paper = "none"
+[base]
+algo = "bc"
+env = "Hopper-v5"
+validation_size = 500
+hidden_dims = [16, 16]
+[[grid]]
+dataset = {datasets}
+size = [1000]
+[variants.dense]
+sparsity = 0.0
+[budgets.quick]
+steps = 200
+seeds = {seeds}
+eval_every = 100
+eval_episodes = 1
+[budgets.paper]
+steps = 400
+seeds = [0]
+eval_every = 200
+eval_episodes = 1
+[report]
+kind = "comparison_table"
+"""
+
+
+def tiny_config(tmp_path: Path, datasets: list[str], seeds=(0,), name="tiny.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(TINY_TOML.format(datasets=json.dumps([str(d) for d in datasets]), seeds=list(seeds)))
+    return path
+
+
+@pytest.mark.parametrize("mutation, fragment", [
+    ('[base]\nalgo = "bc"\nwarp = 3', "unknown RunConfig field(s) ['warp']"),
+    ("[base]\nsteps = 10", "set by the budget"),
+    ("[budgets.quick]\n", "needs a [budgets.quick]"),
+    ('size = [1000]\nvariants = ["nope"]', "unknown variant(s) ['nope']"),
+    ("size = 1000", "'size' must be a non-empty list"),
+])
+def test_bad_configs_are_refused(tmp_path, mutation, fragment):
+    text = tiny_config(tmp_path, ["d.npz"]).read_text()
+    if mutation.startswith("[base]"):
+        text = text.replace('[base]\nalgo = "bc"', mutation)
+    elif mutation.startswith("[budgets.quick]"):
+        text = text.replace("[budgets.quick]", "[budgets.other]")
+    else:
+        text = text.replace("size = [1000]", mutation)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ExperimentError) as error:
+        load_experiment(bad)
+    assert fragment in str(error.value) and "bad.toml" in str(error.value)
+
+
+def test_unknown_experiment_name():
+    with pytest.raises(ExperimentError, match="unknown experiment 'table9'"):
+        load_experiment("table9")
+
+
+def fake_run(run, summary=False, checkpoint=False, config: RunConfig | None = None):
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "config.json").write_text(json.dumps((config or run.job.config).to_dict()))
+    if checkpoint:
+        (run.out / "checkpoint.json").write_text(json.dumps({"step": 100}))
+    if summary:
+        (run.out / "summary.json").write_text("{}")
+
+
+def test_run_state_skip_resume_conflict(tmp_path):
+    runs = expand(load_experiment(tiny_config(tmp_path, ["a.npz"], seeds=(0, 1, 2, 3, 4))), "quick", tmp_path / "r")
+    assert [r.out.name for r in runs] == [f"seed_{s}" for s in range(5)]
+    fake_run(runs[0], summary=True, checkpoint=True)
+    fake_run(runs[1], checkpoint=True)
+    fake_run(runs[2], summary=True, config=RunConfig.from_dict({**runs[2].job.config.to_dict(), "steps": 999}))
+    runs[3].out.mkdir(parents=True)
+    (runs[3].out / ERROR_FILE).write_text("earlier failure")
+    states = [run_state(r) for r in runs]
+    assert [s for s, _ in states] == [SKIP, RESUME, CONFLICT, FRESH, FRESH]
+    assert "steps 999 (wanted 200)" in states[2][1]
+
+
+def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):
+    config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"])
+    runs_dir = tmp_path / "runs"
+    # As on a 2-core CPU: the two runs go to run_jobs together, whose first error aborts the wave
+    # (here before anything ran); the sweep then runs each alone and records the failing one.
+    from sparse_reg.training import parallel
+
+    calls = []
+
+    def run_jobs_fails(jobs, **kwargs):
+        calls.append(len(jobs))
+        raise RuntimeError("a worker failed")
+
+    monkeypatch.setattr(parallel, "resolve_mode", lambda mode: "processes")
+    monkeypatch.setattr(parallel, "available_cores", lambda: [0, 1])
+    monkeypatch.setattr(parallel, "run_jobs", run_jobs_fails)
+    result = run_sweep(config, "quick", runs_dir, progress=False)
+    assert calls == [2]
+    assert (len(result.done), len(result.skipped), len(result.failed)) == (1, 0, 1)
+    good = runs_dir / "tiny" / "hopper_random-1000-dense" / "seed_0"
+    bad = runs_dir / "tiny" / "missing-1000-dense" / "seed_0"
+    assert json.loads((good / "summary.json").read_text())["steps"] == 200
+    assert "missing.npz" in (bad / ERROR_FILE).read_text() and "missing.npz" in result.failed[0][1]
+    tags = json.loads((good / TAGS_FILE).read_text())
+    assert tags["experiment"] == "tiny" and tags["variant"] == "dense" and tags["seed"] == 0
+    assert tags["cell"] == "hopper_random-1000-dense" and tags["axes"]["size"] == 1000
+    manifest = json.loads((runs_dir / "tiny" / "sweep.json").read_text())
+    assert [r["dir"] for r in manifest["runs"]] == ["hopper_random-1000-dense/seed_0", "missing-1000-dense/seed_0"]
+    assert manifest["report"] == {"kind": "comparison_table"} and manifest["budget"]["steps"] == 200
+
+    # Again: the finished run is skipped, the failing one fails again (alone, so in this process).
+    monkeypatch.undo()
+    result = run_sweep(config, "quick", runs_dir, mode="sequential", progress=False)
+    assert (len(result.done), len(result.skipped), len(result.failed)) == (0, 1, 1)
+    # A run killed after its last checkpoint but before its summary resumes (and finishes at once).
+    (good / "summary.json").unlink()
+    assert run_state(result.skipped[0])[0] == RESUME
+    result = run_sweep(config, "quick", runs_dir, mode="sequential", progress=False)
+    assert [r.out for r in result.done] == [good] and (good / "summary.json").exists()
+
+
+def test_cli_lists_experiments_and_dry_runs(tmp_path, capsys, hopper_random_npz):
+    assert main(["experiments", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "table1" in out and "figure6" in out and "108" in out  # table1: 36 cells x 3 quick seeds
+    config = tiny_config(tmp_path, [hopper_random_npz], seeds=(0, 1))
+    assert main(["sweep", str(config), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "hopper_random-1000-dense" in out and "2 to run" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    assert main(["sweep", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparse-reg: error: unknown experiment 'nope'")
+
+
+def test_cli_reproduce_is_sweep_then_report(tmp_path, capsys, monkeypatch):
+    from sparse_reg.experiments import report
+
+    config = tiny_config(tmp_path, ["data.npz"], seeds=(0, 1))
+    for run in expand(load_experiment(config), "quick", tmp_path / "runs"):
+        fake_run(run, summary=True, checkpoint=True)  # finished: the sweep skips them
+    calls = []
+    monkeypatch.setattr(report, "write_report", lambda runs, out: calls.append((runs, out)) or Path(out) / "index.md")
+    code = main(["reproduce", str(config), "--budget", "quick", "--runs-dir", str(tmp_path / "runs"),
+                 "--report-dir", str(tmp_path / "report"), "--no-progress"])
+    assert code == 0
+    assert calls == [(tmp_path / "runs" / "tiny", tmp_path / "report")]
+    assert "0 done, 2 skipped, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_ray_sweep_runs_records_failures_then_skips(tmp_path, hopper_random_npz):
+    ray = pytest.importorskip("ray")
+    config = tiny_config(tmp_path, [tmp_path / "missing.npz", hopper_random_npz], seeds=(0, 1))
+    runs_dir = tmp_path / "runs"
+    # No Ray running: the sweep starts a local instance (num_cpus = cores, no dashboard), runs one
+    # task per run pinned to a free core, and stops it again.
+    result = run_sweep(config, "quick", runs_dir, backend="ray", progress=False)
+    assert not ray.is_initialized()
+    assert (len(result.done), len(result.skipped), len(result.failed)) == (2, 0, 2), result.failed
+    for seed in (0, 1):
+        run = runs_dir / "tiny" / "hopper_random-1000-dense" / f"seed_{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["eval_history"][-1]["step"] == 200
+        assert json.loads((run / TAGS_FILE).read_text())["seed"] == seed
+        assert "missing.npz" in (runs_dir / "tiny" / "missing-1000-dense" / f"seed_{seed}" / ERROR_FILE).read_text()
+    # The finished runs are skipped (nothing left to run, so Ray is not even started).
+    finished_only = tiny_config(tmp_path, [hopper_random_npz], seeds=(0, 1), name="again.toml")
+    again = run_sweep(finished_only, "quick", runs_dir, backend="ray", progress=False)
+    assert (len(again.done), len(again.skipped), len(again.failed)) == (0, 2, 0)
