@@ -453,3 +453,20 @@ def test_expert_replay_from_the_true_buffer(dirs, tmp_path, monkeypatch):
         np.testing.assert_array_equal(getattr(data, key), run[key][:300].astype(np.float32), err_msg=key)
     ends = run["terminals"][:300] | run["timeouts"][:300]
     assert data.timeouts[-1] and data.metadata["replay_buffer"]["last_episode_cut"] == (not ends[-1])
+
+
+def test_reshipped_policies_trigger_a_rebuild_instead_of_stale_data(dirs):
+    name = "hopper-medium-v0"
+    _, policies = dirs
+    path = registry.make(name, size=120, **SMALL)
+    before = registry.read_built(path)
+    provenance_file = policies / "hopper" / "provenance.json"
+    provenance = json.loads(provenance_file.read_text())
+    provenance["expert"]["mean_return"] += 1.0  # as if a better expert had been shipped
+    provenance_file.write_text(json.dumps(provenance))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        registry.make(name, size=120, **SMALL)
+    record = registry.read_record(path)
+    assert record["reference"]["expert"] == provenance["expert"]["mean_return"]
+    assert record["policy_fingerprint"] == registry.ShippedPolicies.find("hopper", policies).fingerprint()
+    assert_same(before, registry.read_built(path))  # same policy weights and seed: same data

@@ -184,6 +184,12 @@ class ShippedPolicies:
             return "medium" in self.provenance and self.medium_replay_file().is_file()
         return bool(self.replay_checkpoints())  # expert-replay
 
+    def fingerprint(self) -> str:
+        """Identifies what was shipped (the provenance record names every policy and its returns)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.provenance, sort_keys=True).encode()).hexdigest()[:16]
+
     def expert_return(self) -> float:
         """The expert policy's deterministic mean return, as measured when it was shipped."""
         expert = self.role("expert")
@@ -259,12 +265,17 @@ def make(
     """
     family, kind = parse_name(name)
     path = dataset_path(name, root)
+    shipped = ShippedPolicies.find(family, policies)
     if _is_built(path) and not force:
-        _check_matches(path, name, seed, size)
-        return path
+        built_from = read_record(path).get("policy_fingerprint")
+        if shipped is None or built_from == shipped.fingerprint():
+            _check_matches(path, name, seed, size)
+            return path
+        # Built from policies that have since been re-shipped: rebuild rather than serve stale data.
+        warnings.warn(f"{name} was built from other shipped policies than the current ones: rebuilding", stacklevel=2)
+        force = True
     seed = 0 if seed is None else int(seed)
 
-    shipped = ShippedPolicies.find(family, policies)
     if shipped is None or not shipped.can_build(kind):
         where = (policies or policy_dir()) / family
         raise DatasetError(
@@ -313,6 +324,7 @@ def make(
         },
         "d4rl_reference": {"random": d4rl.random, "expert": d4rl.expert},
         "policy_provenance": _provenance_summary(shipped, kind),
+        "policy_fingerprint": shipped.fingerprint(),
         "approximation": _approximation_note(source),
     }
     _write_atomically(path, dataset, record, reference, force)
