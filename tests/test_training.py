@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -156,3 +157,17 @@ def test_seeds_in_worker_processes_write_one_run_directory_each(tmp_path, hopper
     for seed in (3, 4):
         on_disk = json.loads((tmp_path / "runs" / f"seed_{seed}" / "summary.json").read_text())
         assert on_disk["seed"] == seed and len(on_disk["eval_history"]) == 1
+
+
+def test_action_mse_in_padded_chunks_equals_the_plain_mean():
+    from sparse_reg.training.evaluation import make_action_mse
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(5, 3)).astype(np.float32)
+    act = lambda w, obs: jnp.tanh(obs @ w)  # noqa: E731  (a stand-in policy: state = weights)
+    obs = rng.normal(size=(23, 5)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(23, 3)).astype(np.float32)
+    expected = np.mean((np.tanh(obs @ weights) - actions) ** 2)
+    for chunk in (7, 23, 64):
+        got = make_action_mse(act, chunk)(weights, jnp.asarray(obs), jnp.asarray(actions))
+        assert got == pytest.approx(expected, rel=1e-5)

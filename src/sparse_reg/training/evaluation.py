@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import gymnasium as gym
@@ -63,20 +64,29 @@ def make_policy(act: Callable) -> Callable:
     return policy
 
 
+@functools.lru_cache(maxsize=None)
 def make_action_mse(act: Callable, chunk: int = 16_384) -> Callable:
-    """``mse(state, observations, actions)``: mean over all entries of (π(s) − a)², in chunks."""
+    """``mse(state, observations, actions)``: mean over all entries of (π(s) − a)².
+
+    Rows go through the policy in fixed-size chunks (the last one zero-padded and masked
+    out), so memory stays bounded and one compilation serves any number of rows.
+    """
 
     @jax.jit
-    def chunk_sum(state, observations, actions):
-        return jnp.sum((act(state, observations) - actions) ** 2)
+    def chunk_sum(state, observations, actions, valid):
+        errors = jnp.sum((act(state, observations) - actions) ** 2, axis=-1)
+        return jnp.sum(jnp.where(valid, errors, 0.0))
 
     def mse(state, observations: jax.Array, actions: jax.Array) -> float:
         n = observations.shape[0]
         total = 0.0
-        for start in range(0, n - n % chunk, chunk):
-            total += chunk_sum(state, observations[start : start + chunk], actions[start : start + chunk])
-        if n % chunk:  # one extra compilation for the remainder
-            total += chunk_sum(state, observations[n - n % chunk :], actions[n - n % chunk :])
+        for start in range(0, n, chunk):
+            obs, act_ = observations[start : start + chunk], actions[start : start + chunk]
+            rows = obs.shape[0]
+            if rows < chunk:
+                obs = jnp.pad(obs, ((0, chunk - rows), (0, 0)))
+                act_ = jnp.pad(act_, ((0, chunk - rows), (0, 0)))
+            total += chunk_sum(state, obs, act_, jnp.arange(chunk) < rows)
         return float(total) / actions.size
 
     return mse
