@@ -30,8 +30,11 @@ def run_demo(out: Path, steps: int = 20_000, size: int = 10_000, dataset: str = 
     for algo, sparsity in DEMO_RUNS:
         label = f"{algo.upper()} {'dense' if sparsity == 0.0 else 'Sparse-Reg'}"
         run_dir = out / f"{algo}-{'dense' if sparsity == 0.0 else 'sparse'}"
+        # The paper refreshes masks during the first 20% of training (200k of 1M steps) and then
+        # lets the sub-network settle; a short budget keeps those proportions.
         config = RunConfig(algo=algo, dataset=dataset, size=size, sparsity=sparsity, steps=steps,
-                           eval_every=max(steps // 8, 1))
+                           eval_every=max(steps // 8, 1), mask_interval=max(steps // 20, 1),
+                           mask_until=steps // 5)
         results[label] = train(config, run_dir, dataset=data, overwrite=True)
         curves[label] = read_rows(run_dir / METRICS_FILE)
 
