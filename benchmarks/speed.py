@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                 # full measurement (~10 min on 2 CPU cores)
     python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
+    python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -124,6 +125,7 @@ def end_to_end(dataset, steps: int, eval_every: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
+    parser.add_argument("--only", choices=["updates"], default=None, help="measure only updates/s")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     steps = 200 if args.quick else 5_000
@@ -143,10 +145,12 @@ def main() -> None:
             rate = updates_per_second(algo, sparsity, steps)
             results["updates_per_s"][f"{algo}/{'sparse95' if sparsity else 'dense'}"] = round(rate, 1)
             print(f"{algo:6s} {'sparse 95%' if sparsity else 'dense':10s} {rate:8.1f} updates/s", flush=True)
-    results["sparse_overhead"] = {
+    results["sparse_overhead"] = {  # dense rate / sparse rate - 1
         algo: round(results["updates_per_s"][f"{algo}/dense"] / results["updates_per_s"][f"{algo}/sparse95"] - 1, 3)
         for algo in ALGORITHMS
     }
+    if args.only == "updates":
+        return _write(results, args, device, suffix="-updates")
     results["eval_10_episodes_s"] = round(evaluation_seconds(), 3)
     print(f"10 HalfCheetah evaluation episodes: {results['eval_10_episodes_s']} s", flush=True)
 
@@ -167,8 +171,12 @@ def main() -> None:
         "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
+    _write(results, args, device)
+
+
+def _write(results: dict, args: argparse.Namespace, device: str, suffix: str = "") -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"speed-{device}{'-quick' if args.quick else ''}.json"
+    path = args.out / f"speed-{device}{suffix}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
 
