@@ -679,12 +679,15 @@ def load(name: str, **make_kwargs) -> Dataset:
 
 def datasets_list_command(root: Path | None = None, policies: Path | None = None) -> None:
     """Print a table of the project's datasets: state, size, reference scores (ours and D4RL)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sparse-reg datasets (in {root or data_dir()})")
     for column in ("name", "env", "status", "transitions", "random ref", "expert ref", "D4RL random", "D4RL expert"):
-        table.add_column(column, justify="right" if "ref" in column or "D4RL" in column or column == "transitions" else "left")
+        table.add_column(
+            column,
+            justify="right" if "ref" in column or "D4RL" in column or column == "transitions" else "left",
+            no_wrap=column == "name",
+        )
     for row in status(root, policies):
         family, _ = parse_name(row.name)
         d4rl = D4RL_REFERENCE_SCORES[family]
@@ -705,16 +708,18 @@ def datasets_list_command(root: Path | None = None, policies: Path | None = None
             row.name, GYMNASIUM_ENV_FOR_FAMILY[family], state, transitions, random_ref, expert_ref,
             _fmt(d4rl.random), _fmt(d4rl.expert),
         )  # fmt: skip
-    Console().print(table)
+    from ..console import wide_console
+
+    wide_console().print(table)
 
 
 def datasets_make_command(
     name: str, seed: int | None = None, size: int | None = None, force: bool = False, from_buffer: bool = False
 ) -> list[Path]:
     """Build ``name`` (or every buildable dataset for ``"all"``) and print where each one is."""
-    from rich.console import Console
+    from ..console import wide_console
 
-    console = Console()
+    console = wide_console()
     if name == "all":
         names = [row.name for row in status() if row.can_build]
         if not names:

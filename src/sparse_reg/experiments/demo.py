@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from ..console import wide_console
 
 from ..data import load_dataset
 from ..training.config import RunConfig
@@ -22,7 +23,7 @@ DEMO_RUNS = (("bc", 0.0), ("bc", "auto"), ("iql", 0.0), ("iql", "auto"))
 
 
 def run_demo(out: Path, steps: int = 20_000, size: int = 10_000, dataset: str = "halfcheetah-expert-v0") -> dict:
-    console = Console()
+    console = wide_console()
     console.print(f"[bold]sparse-reg demo[/]: {dataset}, {size} training transitions, {steps} steps per run")
     data = load_dataset(dataset)
     results, curves = {}, {}

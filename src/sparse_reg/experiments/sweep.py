@@ -393,9 +393,9 @@ def run_sweep(
     task per run (``num_cpus=1``) on the cluster at ``address`` ("auto" = an existing one), or on a
     local Ray instance started (and stopped) here when ``address`` is None and none is running.
     """
-    from rich.console import Console
+    from ..console import wide_console
 
-    console = console or Console()
+    console = console or wide_console()
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend '{backend}': choose local or ray")
     if address is not None and backend != "ray":
@@ -710,10 +710,11 @@ def _short_paper(paper: str) -> str:
 
 def experiments_table(console=None) -> None:
     """``sparse-reg experiments list``: every packaged config with its run counts and time estimates."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from ..console import wide_console
+
+    console = console or wide_console()
     table = Table(title="Paper experiments (sparse-reg sweep NAME / reproduce NAME)")
     names = list_experiments()
     table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
