@@ -106,14 +106,7 @@ def medium_replay_prefix(buffer_file: Path, medium_step: int) -> tuple[dict[str,
 
 def as_float16(policy: BehaviourPolicy) -> BehaviourPolicy:
     """Halve the file size of a replay checkpoint; the registry computes in float32 again."""
-    f16 = lambda arrays: tuple(np.asarray(a, dtype=np.float16) for a in arrays)  # noqa: E731
-    return BehaviourPolicy(
-        hidden=tuple(f16(layer) for layer in policy.hidden),
-        norms=tuple(f16(norm) for norm in policy.norms),
-        mean_head=f16(policy.mean_head),
-        log_std_head=f16(policy.log_std_head),
-        metadata=policy.metadata,
-    )
+    return policy.astype(np.float16)
 
 
 def measure(policy: BehaviourPolicy, env_id: str, episodes: int, seed: int, max_episode_steps: int | None) -> dict:

@@ -71,6 +71,17 @@ class BehaviourPolicy:
         arrays["metadata"] = np.array(json.dumps(self.metadata))
         np.savez_compressed(path, **arrays)
 
+    def astype(self, dtype) -> "BehaviourPolicy":
+        """The same policy with every array cast to ``dtype`` (float16 to ship, float32 to compute)."""
+        cast = lambda arrays: tuple(np.asarray(a, dtype=dtype) for a in arrays)  # noqa: E731
+        return BehaviourPolicy(
+            hidden=tuple(cast(layer) for layer in self.hidden),
+            norms=tuple(cast(norm) for norm in self.norms),
+            mean_head=cast(self.mean_head),
+            log_std_head=cast(self.log_std_head),
+            metadata=self.metadata,
+        )
+
     def distribution(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std of the pre-tanh Gaussian for a batch of observations."""
         x = _batch_renorm(np.asarray(obs, dtype=np.float32), self.norms[0])

@@ -201,15 +201,7 @@ class ShippedPolicies:
 
 def load_policy(path: Path) -> BehaviourPolicy:
     """Load a shipped policy, computing in float32 even if it was stored as float16."""
-    policy = BehaviourPolicy.load(path)
-    f32 = lambda arrays: tuple(np.asarray(a, dtype=np.float32) for a in arrays)  # noqa: E731
-    return BehaviourPolicy(
-        hidden=tuple(f32(layer) for layer in policy.hidden),
-        norms=tuple(f32(norm) for norm in policy.norms),
-        mean_head=f32(policy.mean_head),
-        log_std_head=f32(policy.log_std_head),
-        metadata=policy.metadata,
-    )
+    return BehaviourPolicy.load(path).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- status
