@@ -126,14 +126,7 @@ def float16_action_error(policies: list[BehaviourPolicy], observations: np.ndarr
     """Largest change of a deterministic action caused by storing a checkpoint as float16."""
     worst = 0.0
     for policy in policies:
-        restored = as_float16(policy)
-        restored = BehaviourPolicy(  # what the registry does at load time: back to float32
-            hidden=tuple(tuple(a.astype(np.float32) for a in layer) for layer in restored.hidden),
-            norms=tuple(tuple(a.astype(np.float32) for a in norm) for norm in restored.norms),
-            mean_head=tuple(a.astype(np.float32) for a in restored.mean_head),
-            log_std_head=tuple(a.astype(np.float32) for a in restored.log_std_head),
-            metadata=restored.metadata,
-        )
+        restored = as_float16(policy).astype(np.float32)  # what the registry does at load time
         worst = max(worst, float(np.abs(restored.act(observations) - policy.act(observations)).max()))
     return worst
 

@@ -25,7 +25,7 @@ from ..algorithms import Algorithm, Batch, get_algorithm
 from ..data.dataset import Dataset, Normalizer, ReferenceScores
 from ..data.loaders import load_dataset
 from ..data.splits import split_train_validation
-from ..sparsity import SparseRegConfig, mask_statistics, refresh_masks, resolve_sparsity
+from ..sparsity import SparseRegConfig, refresh_masks, resolve_sparsity, weight_sparsity
 from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
@@ -346,11 +346,7 @@ def _checkpoint_info(step: int, data: PreparedData, sparse: bool) -> dict:
 
 def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
     """Fraction of weight entries masked, per network that Sparse-Reg scores."""
-    result = {}
-    for name in algorithm.losses:
-        mask = getattr(state, name).mask
-        result[name] = 0.0 if mask is None else float(mask_statistics(mask, mask)["total"]["sparsity"])
-    return result
+    return {name: weight_sparsity(getattr(state, name)) for name in algorithm.losses}
 
 
 def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: Algorithm, rows: list[dict]) -> dict:
