@@ -6,8 +6,10 @@ true replay buffer in time order) and writes
 
     src/sparse_reg/data/policies/<family>/
         expert.npz              the checkpoint with the best training-time evaluation return
-        medium.npz              the checkpoint before it whose evaluation return is closest to
-                                one third of the expert's
+        medium.npz              the checkpoint before it whose return, re-measured here over
+                                --eval-episodes deterministic episodes, is closest to one third
+                                of the expert's (re-measured too): the training-time evaluation
+                                (10 episodes) is too noisy to choose by
         medium_replay.npz       the true replay buffer's first medium_step transitions (D4RL's
                                 medium-replay, exactly): float32 observations / actions / rewards /
                                 next_observations, bool terminals / timeouts; the episode running
@@ -54,10 +56,11 @@ from sparse_reg.data.registry import MEDIUM_REPLAY_FILE, buffer_prefix  # noqa: 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "sparse_reg" / "data" / "policies"
 SELECTION_RULE = (
     "expert = the checkpoint with the best training-time evaluation mean return (deterministic policy, "
-    "{train_eval_episodes} episodes; earliest on ties); medium = the checkpoint saved before the expert whose "
-    "training-time evaluation mean return is closest to one third of the expert's. Both were then re-evaluated "
-    "with {eval_episodes} deterministic and {eval_episodes} stochastic episodes (seed {eval_seed}); "
-    "'mean_return' is the deterministic figure."
+    "{train_eval_episodes} episodes; earliest on ties); then the expert and every checkpoint saved before it were "
+    "re-evaluated with {eval_episodes} deterministic episodes (seed {eval_seed}; 'medium_candidates') and medium = "
+    "the earlier checkpoint whose re-measured mean return is closest to one third of the expert's re-measured one. "
+    "Expert and medium were also run for {eval_episodes} stochastic episodes; 'mean_return' is the deterministic "
+    "figure."
 )
 
 
@@ -75,15 +78,30 @@ def read_checkpoints(run_dir: Path) -> list[tuple[int, Path, dict]]:
     return sorted(checkpoints, key=lambda c: c[0])
 
 
-def select_expert_and_medium(returns: dict[int, float]) -> tuple[int, int]:
-    """Steps of the expert (best return) and medium (before it, closest to a third) checkpoints."""
+def select_expert(returns: dict[int, float]) -> int:
+    """Step of the checkpoint with the best return (earliest on ties); it needs one before it (medium)."""
     expert = max(sorted(returns), key=lambda step: returns[step])  # sorted + max: earliest on ties
-    earlier = [step for step in sorted(returns) if step < expert]
-    if not earlier:
+    if expert == min(returns):
         raise SystemExit(f"the best checkpoint (step {expert}) is the first one: no medium checkpoint before it")
-    target = returns[expert] / 3.0
-    medium = min(earlier, key=lambda step: abs(returns[step] - target))
-    return expert, medium
+    return expert
+
+
+def select_medium(returns: dict[int, float], expert_step: int) -> int:
+    """Step of the checkpoint before the expert whose return is closest to a third of the expert's."""
+    target = returns[expert_step] / 3.0
+    return min((step for step in sorted(returns) if step < expert_step), key=lambda step: abs(returns[step] - target))
+
+
+def remeasure(
+    policies: dict[int, BehaviourPolicy], env_id: str, episodes: int, seed: int, max_episode_steps: int | None
+) -> dict[int, float]:
+    """Deterministic mean return of each checkpoint over the same ``episodes`` seeded episodes."""
+    returns = {}
+    for step, policy in sorted(policies.items()):
+        fn = behaviour_policy_fn(policy, deterministic=True)
+        returns[step] = float(evaluate_policy(fn, env_id, episodes, seed, max_episode_steps).mean())
+        print(f"  step {step}: {returns[step]:.1f}", flush=True)
+    return returns
 
 
 def medium_replay_prefix(buffer_file: Path, medium_step: int) -> tuple[dict[str, np.ndarray], bool]:
@@ -147,7 +165,7 @@ def ship(
     if any(m.get("env_id", env_id) != env_id for _, _, m in checkpoints):
         raise SystemExit(f"{run_dir}: checkpoints were not trained on {env_id}")
     returns = {step: float(metadata["eval_mean_return"]) for step, _, metadata in checkpoints}
-    expert_step, medium_step = select_expert_and_medium(returns)
+    expert_step = select_expert(returns)
     # expert-replay is regenerated from checkpoints: the first one (the trainer's random warm-up
     # is short, so the earliest policy should take over as soon as possible), then one every
     # `every` steps below the expert's.
@@ -156,9 +174,12 @@ def ship(
     if not replay_steps:
         raise SystemExit(f"no checkpoint to ship for expert-replay before the expert step {expert_step}")
 
-    expert = BehaviourPolicy.load(by_step[expert_step][0])
-    medium = BehaviourPolicy.load(by_step[medium_step][0])
-    # medium-replay is the true buffer's prefix: read it before the (slow) evaluations.
+    print(f"[{family}] expert = step {expert_step} (training eval {returns[expert_step]:.1f}); re-measuring it and "
+          f"the checkpoints before it over {eval_episodes} episodes ...", flush=True)  # fmt: skip
+    candidates = {step: BehaviourPolicy.load(file) for step, (file, _) in by_step.items() if step <= expert_step}
+    remeasured = remeasure(candidates, env_id, eval_episodes, eval_seed, max_episode_steps)
+    medium_step = select_medium(remeasured, expert_step)
+    expert, medium = candidates[expert_step], candidates[medium_step]
     medium_replay, last_episode_cut = medium_replay_prefix(run_dir / "replay_buffer.npz", medium_step)
     obs_dim, action_dim = medium.hidden[0][0].shape[0], medium.mean_head[0].shape[1]
     if medium_replay["observations"].shape[1:] != (obs_dim,) or medium_replay["actions"].shape[1:] != (action_dim,):
@@ -171,8 +192,8 @@ def ship(
         warnings.append(f"medium-replay holds only {medium_step} transitions, fewer than the paper's 10k experiments")
     for warning in warnings:
         print(f"[{family}] WARNING: {warning}", flush=True)
-    print(f"[{family}] expert = step {expert_step} (training eval {returns[expert_step]:.1f}), "
-          f"medium = step {medium_step} (training eval {returns[medium_step]:.1f}); re-evaluating ...", flush=True)  # fmt: skip
+    print(f"[{family}] medium = step {medium_step} (re-measured {remeasured[medium_step]:.1f}, target "
+          f"{remeasured[expert_step] / 3:.1f}); stochastic returns ...", flush=True)  # fmt: skip
     expert_measured = measure(expert, env_id, eval_episodes, eval_seed, max_episode_steps)
     medium_measured = measure(medium, env_id, eval_episodes, eval_seed, max_episode_steps)
 
@@ -215,8 +236,9 @@ def ship(
         "medium": {
             **role(medium_step, medium_measured),
             "file": "medium.npz",
-            "target_return": returns[expert_step] / 3.0,
+            "target_return": remeasured[expert_step] / 3.0,
         },
+        "medium_candidates": {str(step): value for step, value in remeasured.items()},
         "medium_replay": {
             "file": MEDIUM_REPLAY_FILE,
             "source": "true replay buffer prefix",
