@@ -181,21 +181,8 @@ def test_run_state_skip_resume_conflict(tmp_path):
 def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):
     config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"])
     runs_dir = tmp_path / "runs"
-    # As on a 2-core CPU: the two runs go to run_jobs together, whose first error aborts the wave
-    # (here before anything ran); the sweep then runs each alone and records the failing one.
-    from sparse_reg.training import parallel
-
-    calls = []
-
-    def run_jobs_fails(jobs, **kwargs):
-        calls.append(len(jobs))
-        raise RuntimeError("a worker failed")
-
-    monkeypatch.setattr(parallel, "resolve_mode", lambda mode: "processes")
-    monkeypatch.setattr(parallel, "available_cores", lambda: [0, 1])
-    monkeypatch.setattr(parallel, "run_jobs", run_jobs_fails)
-    result = run_sweep(config, "quick", runs_dir, progress=False)
-    assert calls == [2]
+    # On a CPU: a queue of pinned worker processes; the failing run is recorded, the other finishes.
+    result = run_sweep(config, "quick", runs_dir, mode="processes", progress=False)
     assert (len(result.done), len(result.skipped), len(result.failed)) == (1, 0, 1)
     good = runs_dir / "tiny" / "hopper_random-1000-dense" / "seed_0"
     bad = runs_dir / "tiny" / "missing-1000-dense" / "seed_0"
@@ -217,6 +204,26 @@ def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_
     assert run_state(result.skipped[0])[0] == RESUME
     result = run_sweep(config, "quick", runs_dir, mode="sequential", progress=False)
     assert [r.out for r in result.done] == [good] and (good / "summary.json").exists()
+
+
+def test_vmap_sweep_runs_a_failed_groups_runs_one_by_one(tmp_path, hopper_random_npz, monkeypatch):
+    config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"], seeds=(0, 1))
+    # On an accelerator each cell's seeds go to run_jobs as one vmapped group, whose first error
+    # aborts the group (here before anything ran); the sweep then runs each seed alone.
+    from sparse_reg.training import parallel
+
+    calls = []
+
+    def run_jobs_fails(jobs, **kwargs):
+        calls.append(len(jobs))
+        raise RuntimeError("a vmapped group failed")
+
+    monkeypatch.setattr(parallel, "run_jobs", run_jobs_fails)
+    result = run_sweep(config, "quick", tmp_path / "runs", mode="vmap", progress=False)
+    assert calls == [2, 2]
+    assert sorted(str(r.out.relative_to(tmp_path / "runs" / "tiny")) for r in result.done) == [
+        "hopper_random-1000-dense/seed_0", "hopper_random-1000-dense/seed_1"]
+    assert len(result.failed) == 2 and all("missing.npz" in reason for _, reason in result.failed)
 
 
 def test_cli_lists_experiments_and_dry_runs(tmp_path, capsys, hopper_random_npz):

@@ -159,6 +159,23 @@ def test_seeds_in_worker_processes_write_one_run_directory_each(tmp_path, hopper
         assert on_disk["seed"] == seed and len(on_disk["eval_history"]) == 1
 
 
+def test_queue_runs_every_job_on_one_core_and_reports_failures_without_stopping(tmp_path, hopper_random_npz):
+    from sparse_reg.training.parallel import Job, available_cores, run_queue
+
+    def job(name, dataset):
+        return Job(RunConfig.from_dict({**small_config(algo="bc", steps=100).to_dict(), "dataset": str(dataset)}),
+                   tmp_path / name)
+
+    jobs = [job("a", hopper_random_npz), job("b", tmp_path / "missing.npz"), job("c", hopper_random_npz)]
+    results = []
+    run_queue(jobs, [False] * 3, lambda i, error: results.append((i, error)), cores=available_cores()[:1])
+    assert [i for i, _ in results] == [0, 1, 2]  # one core: one after another, in order
+    assert results[0][1] is None and results[2][1] is None and "missing.npz" in results[1][1]
+    assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "c" / "summary.json").exists()
+    with pytest.raises(ValueError, match="3 jobs but 2 resume flags"):
+        run_queue(jobs, [False] * 2, lambda i, error: None)
+
+
 def test_action_mse_in_padded_chunks_equals_the_plain_mean():
     from sparse_reg.training.evaluation import make_action_mse
 

@@ -457,16 +457,22 @@ def run_sweep(
 
 
 def _run_local(pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun, str | None], None]) -> None:
-    """Through ``parallel.run_jobs``, one wave (CPU) or one seed group (accelerator) per call.
+    """On a CPU (``processes``): ``parallel.run_queue``, one pinned process per core, each taking
+    the next run as soon as its last one ends. Otherwise through ``parallel.run_jobs``, one seed
+    group (``vmap``, on an accelerator) or one run (``sequential``) per call.
 
-    ``run_jobs`` stops at the first error of a call (and ends that wave's other workers), so a
-    call that fails is followed by each of its unfinished runs alone in this process: the
-    others finish (or resume) and the failing one fails again with its own traceback.
+    ``run_jobs`` stops at the first error of a call, so a call that fails is followed by each of
+    its unfinished runs alone in this process: the others finish (or resume) and the failing one
+    fails again with its own traceback.
     """
-    from ..training.parallel import available_cores, resolve_mode, run_jobs
+    from ..training.parallel import resolve_mode, run_jobs, run_queue
 
     mode = resolve_mode(mode)
-    width = {"processes": len(available_cores()), "sequential": 1}.get(mode)
+    if mode == "processes":
+        resume = [run_state(run)[0] == RESUME for run in pending]
+        run_queue([run.job for run in pending], resume, lambda i, error: on_result(pending[i], error))
+        return
+    width = 1 if mode == "sequential" else None
     for batch in _batches(pending, width):
         resume = run_state(batch[0])[0] == RESUME
         try:

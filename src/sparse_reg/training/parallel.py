@@ -2,14 +2,23 @@
 
 Measured on 2-core CPUs (see docs/performance.md): vmapping seeds gains nothing there,
 while processes pinned to one core each give more total throughput than one process
-using both cores. Jobs run in waves of one job per core; a last, smaller wave shares the
-cores among its jobs, so e.g. the fifth of five seeds on two cores gets both cores.
+using both cores. Two schedules of pinned processes:
+
+* :func:`run_jobs` (the seeds of one run, all the same length) runs waves of one job per
+  core; a last, smaller wave shares the cores among its jobs, so e.g. the fifth of five
+  seeds on two cores gets both cores.
+* :func:`run_queue` (a sweep's runs, of different lengths: IQL takes longer than TD3+BC)
+  gives each core the next job as soon as its last one ends, so no core waits for a wave's
+  slowest job, and reports every job's outcome as it comes (a failure stops nothing).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +68,51 @@ def _run_pinned(job: Job, cores: list[int], dataset: Dataset | None, resume: boo
     from .trainer import train
 
     return train(job.config, job.out, dataset=dataset, resume=resume, overwrite=overwrite, progress=False)
+
+
+def _run_pinned_reporting(job: Job, core: int, resume: bool) -> str | None:
+    """One queued job in its worker: None when it finished, its traceback when it failed."""
+    try:
+        _run_pinned(job, [core], None, resume, not resume)
+    except Exception:  # noqa: BLE001 - any error of a job is that job's failure, reported to the caller
+        return traceback.format_exc()
+    return None
+
+
+def run_queue(
+    jobs: list[Job],
+    resume: list[bool],
+    on_result: Callable[[int, str | None], None],
+    cores: list[int] | None = None,
+) -> None:
+    """Run ``jobs`` in fresh processes, one per core and pinned to it, each core taking the next
+    job as soon as its last one ends. ``resume[i]``: continue job i from its checkpoint (else
+    start it afresh). ``on_result(i, error)`` is called in this process as each job ends, with
+    its traceback (or a note that its worker died) when it failed; a failure stops nothing.
+    """
+    if len(resume) != len(jobs):
+        raise ValueError(f"{len(jobs)} jobs but {len(resume)} resume flags")
+    cores = list(cores or available_cores())
+    waiting = list(range(len(jobs)))[::-1]  # popped from the end: first job first
+    running = {}  # future -> (job index, core)
+    # A fresh interpreter per job (no forked JAX runtime, and XLA sizes its thread pool from the
+    # core the job is pinned to before it starts).
+    with ProcessPoolExecutor(len(cores), mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+        while waiting or running:
+            busy = {core for _, core in running.values()}
+            for core in [c for c in cores if c not in busy]:
+                if not waiting:
+                    break
+                index = waiting.pop()
+                running[pool.submit(_run_pinned_reporting, jobs[index], core, resume[index])] = (index, core)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index, _ = running.pop(future)
+                try:
+                    error = future.result()
+                except Exception as crash:  # noqa: BLE001 - e.g. the worker was killed (out of memory)
+                    error = f"the worker process running {jobs[index].out} died: {crash!r}"
+                on_result(index, error)
 
 
 def run_jobs(
