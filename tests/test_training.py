@@ -54,6 +54,9 @@ def test_sparse_iql_run_writes_summary_logs_and_follows_mask_schedule(tmp_path, 
                 "final_normalized_score", "eval_history"):
         assert key in summary
     assert summary["size"] == 1500 and summary["env"] == "Hopper-v5"
+    last_wall = read_rows(tmp_path / "run" / "metrics.csv")[-1]["wall_s"]
+    assert summary["wall_seconds"] == pytest.approx(last_wall, abs=0.05) and last_wall > 0
+    assert summary["code_version"] and summary["finished_at"].endswith("+00:00")
     assert [row["step"] for row in summary["eval_history"]] == [200, 400, 600]
     for network, fraction in summary["sparsity"].items():
         assert fraction == pytest.approx(0.9, abs=1e-3), network  # k is rounded to whole weights
@@ -138,6 +141,14 @@ def test_vmapped_seeds_match_single_seed_runs(tmp_path, hopper_random):
                 assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
     # Different seeds draw different training subsets and initialisations.
     assert group[0]["eval_history"][-1]["train_mse"] != group[1]["eval_history"][-1]["train_mse"]
+
+
+def test_wall_seconds_adds_up_the_invocations_of_a_resumed_run():
+    from sparse_reg.provenance import wall_seconds
+
+    rows = [{"wall_s": 10.0}, {"wall_s": 20.0}, {"wall_s": 4.0}, {"wall_s": 9.0}]  # resumed after 20 s
+    assert wall_seconds(rows) == 29.0
+    assert wall_seconds([]) == 0.0
 
 
 def test_waves_give_one_core_per_job_and_share_the_last_wave():

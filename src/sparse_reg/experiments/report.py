@@ -43,7 +43,7 @@ import json
 import math
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -1012,6 +1012,28 @@ def _write_iqm_tables(estimates: list[dict], directory: Path, reps: int) -> Item
                 inline=md)
 
 
+def _compute_text(runs: list[Run]) -> str:
+    """Which code made the runs and what they cost (from their summaries; older runs lack both)."""
+    versions = Counter(r.summary["code_version"] for r in runs if r.summary.get("code_version"))
+    walls = [float(r.summary["wall_seconds"]) for r in runs if r.summary.get("wall_seconds") is not None]
+    parts = []
+    if versions:
+        listed = ", ".join(f"`{v}` × {n}" for v, n in versions.most_common())
+        unknown = len(runs) - sum(versions.values())
+        parts.append(f"Made by the code at {listed} (commit × runs)"
+                     + (f"; {unknown} run(s) do not record it." if unknown else "."))
+    if walls:
+        parts.append(f"Training wall time, summed over the {len(walls)} run(s) that record it: "
+                     f"{_hours(sum(walls))} (median {_hours(float(np.median(walls)))} per run).")
+    return " ".join(parts)
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: list[Item]) -> str:
     runs = collection.runs
     n_cells = len({r.cell for r in runs})
@@ -1023,6 +1045,9 @@ def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: li
         "Per-run numbers: [final_scores.csv](tables/final_scores.csv).",
         "",
     ]
+    compute = _compute_text(runs)
+    if compute:
+        lines += [compute, ""]
     if runs:
         lines += ["Cells and seeds:", ""]
         counts = defaultdict(list)

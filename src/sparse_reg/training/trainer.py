@@ -12,6 +12,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from ..algorithms import Algorithm, Batch, get_algorithm
 from ..data.dataset import Dataset, Normalizer, ReferenceScores
 from ..data.loaders import load_dataset
 from ..data.splits import split_train_validation
+from ..provenance import code_version, wall_seconds
 from ..sparsity import SparseRegConfig, refresh_masks, resolve_sparsity, weight_sparsity
 from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .config import RunConfig
@@ -370,6 +372,9 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         if data.reference is None
         else {"random": data.reference.random, "expert": data.reference.expert},
         "config": config.to_dict(),
+        "wall_seconds": round(wall_seconds(rows), 1),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
         "eval_history": history,
     }
 

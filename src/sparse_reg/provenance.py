@@ -1,0 +1,40 @@
+"""Which code made a result: recorded in every run's summary so that reports can say it."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of this package's checkout (``+dirty`` with uncommitted changes), else the
+    installed package version (``sparse-reg 0.1.0``)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = _git(here, "rev-parse", "--short=10", "HEAD")
+        dirty = _git(here, "status", "--porcelain", "--untracked-files=no")
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"sparse-reg {metadata.version('sparse-reg')}"
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+
+def wall_seconds(rows: list[dict]) -> float:
+    """Training wall time from a metrics log's ``wall_s`` column (seconds since the start of each
+    invocation): the sum of each invocation's last value, so resumed runs count every part."""
+    total, previous = 0.0, 0.0
+    for row in rows:
+        wall = float(row.get("wall_s", 0.0))
+        if wall < previous:  # a resumed invocation started its clock again
+            total += previous
+        previous = wall
+    return total + previous
