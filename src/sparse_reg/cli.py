@@ -157,7 +157,7 @@ def _sweep(args: argparse.Namespace, config: str, dry_run: bool = False):
     from .experiments.sweep import run_sweep
 
     return run_sweep(config, budget=args.budget, runs_dir=_runs_dir(args), backend=args.backend,
-                     address=args.address, dry_run=dry_run, progress=not args.no_progress)
+                     address=args.address, workers=args.workers, dry_run=dry_run, progress=not args.no_progress)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -195,6 +195,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster address ('auto' = the running cluster); default: start a local Ray instance")
     p.add_argument("--runs-dir", default=None, help="where runs go: RUNS/<experiment>/<cell>/seed_<s> "
                    "(default: runs/<budget>)")
+    p.add_argument("--workers", type=int, default=None, help="local backend on a CPU: run on this many cores "
+                   "(default: every core this process may use), e.g. to leave some free on a shared machine")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -382,6 +382,7 @@ def run_sweep(
     backend: str = "local",
     address: str | None = None,
     mode: str = "auto",
+    workers: int | None = None,
     dry_run: bool = False,
     progress: bool = True,
     console=None,
@@ -392,6 +393,7 @@ def run_sweep(
     process per core on a CPU, vmapped seed groups on an accelerator). backend "ray": one Ray
     task per run (``num_cpus=1``) on the cluster at ``address`` ("auto" = an existing one), or on a
     local Ray instance started (and stopped) here when ``address`` is None and none is running.
+    ``workers``: how many cores the local backend's process queue uses (default: all).
     """
     from ..console import wide_console
 
@@ -400,6 +402,8 @@ def run_sweep(
         raise ValueError(f"unknown backend '{backend}': choose local or ray")
     if address is not None and backend != "ray":
         raise ValueError("--address is for --backend ray")
+    if workers is not None and (backend != "local" or workers < 1):
+        raise ValueError(f"--workers {workers}: must be at least 1, and is for --backend local")
     experiment = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     runs = expand(experiment, budget, runs_dir)
     result = SweepResult(experiment.name, budget, Path(runs_dir))
@@ -447,7 +451,7 @@ def run_sweep(
 
         try:
             if backend == "local":
-                _run_local(pending, mode, on_result)
+                _run_local(pending, mode, on_result, workers)
             else:
                 _run_ray(pending, address, on_result)
         finally:
@@ -456,7 +460,9 @@ def run_sweep(
     return result
 
 
-def _run_local(pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun, str | None], None]) -> None:
+def _run_local(
+    pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun, str | None], None], workers: int | None = None
+) -> None:
     """On a CPU (``processes``): ``parallel.run_queue``, one pinned process per core, each taking
     the next run as soon as its last one ends. Otherwise through ``parallel.run_jobs``, one seed
     group (``vmap``, on an accelerator) or one run (``sequential``) per call.
@@ -465,12 +471,13 @@ def _run_local(pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun
     its unfinished runs alone in this process: the others finish (or resume) and the failing one
     fails again with its own traceback.
     """
-    from ..training.parallel import resolve_mode, run_jobs, run_queue
+    from ..training.parallel import available_cores, resolve_mode, run_jobs, run_queue
 
     mode = resolve_mode(mode)
     if mode == "processes":
         resume = [run_state(run)[0] == RESUME for run in pending]
-        run_queue([run.job for run in pending], resume, lambda i, error: on_result(pending[i], error))
+        cores = available_cores()[:workers]
+        run_queue([run.job for run in pending], resume, lambda i, error: on_result(pending[i], error), cores)
         return
     width = 1 if mode == "sequential" else None
     for batch in _batches(pending, width):
