@@ -181,8 +181,11 @@ def test_run_state_skip_resume_conflict(tmp_path):
 def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):
     config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"])
     runs_dir = tmp_path / "runs"
-    # On a CPU: a queue of pinned worker processes; the failing run is recorded, the other finishes.
-    result = run_sweep(config, "quick", runs_dir, mode="processes", progress=False)
+    # On a CPU: a queue of pinned worker processes (here one core); the failing run is recorded,
+    # the other finishes.
+    with pytest.raises(ValueError, match="--workers 0: must be at least 1"):
+        run_sweep(config, "quick", runs_dir, workers=0, progress=False)
+    result = run_sweep(config, "quick", runs_dir, mode="processes", workers=1, progress=False)
     assert (len(result.done), len(result.skipped), len(result.failed)) == (1, 0, 1)
     good = runs_dir / "tiny" / "hopper_random-1000-dense" / "seed_0"
     bad = runs_dir / "tiny" / "missing-1000-dense" / "seed_0"
