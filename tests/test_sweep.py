@@ -173,9 +173,15 @@ def test_run_state_skip_resume_conflict(tmp_path):
     fake_run(runs[2], summary=True, config=RunConfig.from_dict({**runs[2].job.config.to_dict(), "steps": 999}))
     runs[3].out.mkdir(parents=True)
     (runs[3].out / ERROR_FILE).write_text("earlier failure")
+    # A dense run made under another mask schedule is the same run (it has no masks) ...
+    fake_run(runs[4], summary=True, config=RunConfig.from_dict({**runs[4].job.config.to_dict(), "mask_interval": 7}))
     states = [run_state(r) for r in runs]
-    assert [s for s, _ in states] == [SKIP, RESUME, CONFLICT, FRESH, FRESH]
+    assert [s for s, _ in states] == [SKIP, RESUME, CONFLICT, FRESH, SKIP]
     assert "steps 999 (wanted 200)" in states[2][1]
+    # ... a sparse one is not.
+    sparse = RunConfig.from_dict({**runs[4].job.config.to_dict(), "sparsity": 0.9})
+    assert sparse.identity() != RunConfig.from_dict({**sparse.to_dict(), "mask_interval": 7}).identity()
+    assert "mask_interval" in sparse.identity() and "mask_interval" not in runs[4].job.config.identity()
 
 
 def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):

@@ -87,6 +87,18 @@ class RunConfig:
         d["hidden_dims"] = list(self.hidden_dims)
         return d
 
+    @property
+    def dense(self) -> bool:
+        return not isinstance(self.sparsity, str) and float(self.sparsity) == 0.0
+
+    def identity(self) -> dict:
+        """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a
+        dense run (it has no masks), so that two configs equal here train the same run."""
+        d = self.to_dict()
+        if self.dense:
+            d.pop("mask_interval"), d.pop("mask_until")
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         known = {f.name for f in dataclasses.fields(cls)}
