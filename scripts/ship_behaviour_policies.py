@@ -94,13 +94,13 @@ def select_medium(returns: dict[int, float], expert_step: int) -> int:
 
 def remeasure(
     policies: dict[int, BehaviourPolicy], env_id: str, episodes: int, seed: int, max_episode_steps: int | None
-) -> dict[int, float]:
-    """Deterministic mean return of each checkpoint over the same ``episodes`` seeded episodes."""
+) -> dict[int, np.ndarray]:
+    """Deterministic episode returns of each checkpoint over the same ``episodes`` seeded episodes."""
     returns = {}
     for step, policy in sorted(policies.items()):
         fn = behaviour_policy_fn(policy, deterministic=True)
-        returns[step] = float(evaluate_policy(fn, env_id, episodes, seed, max_episode_steps).mean())
-        print(f"  step {step}: {returns[step]:.1f}", flush=True)
+        returns[step] = evaluate_policy(fn, env_id, episodes, seed, max_episode_steps)
+        print(f"  step {step}: {returns[step].mean():.1f}", flush=True)
     return returns
 
 
@@ -127,8 +127,15 @@ def as_float16(policy: BehaviourPolicy) -> BehaviourPolicy:
     return policy.astype(np.float16)
 
 
-def measure(policy: BehaviourPolicy, env_id: str, episodes: int, seed: int, max_episode_steps: int | None) -> dict:
-    deterministic = evaluate_policy(behaviour_policy_fn(policy, deterministic=True), env_id, episodes, seed, max_episode_steps)
+def measure(
+    policy: BehaviourPolicy,
+    deterministic: np.ndarray,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    max_episode_steps: int | None,
+) -> dict:
+    """Returns of ``policy``: its deterministic ones (already measured by :func:`remeasure`) and stochastic ones."""
     stochastic = evaluate_policy(behaviour_policy_fn(policy), env_id, episodes, seed, max_episode_steps)
     return {
         "mean_return": float(deterministic.mean()),
@@ -177,7 +184,8 @@ def ship(
     print(f"[{family}] expert = step {expert_step} (training eval {returns[expert_step]:.1f}); re-measuring it and "
           f"the checkpoints before it over {eval_episodes} episodes ...", flush=True)  # fmt: skip
     candidates = {step: BehaviourPolicy.load(file) for step, (file, _) in by_step.items() if step <= expert_step}
-    remeasured = remeasure(candidates, env_id, eval_episodes, eval_seed, max_episode_steps)
+    episode_returns = remeasure(candidates, env_id, eval_episodes, eval_seed, max_episode_steps)
+    remeasured = {step: float(returns.mean()) for step, returns in episode_returns.items()}
     medium_step = select_medium(remeasured, expert_step)
     expert, medium = candidates[expert_step], candidates[medium_step]
     medium_replay, last_episode_cut = medium_replay_prefix(run_dir / "replay_buffer.npz", medium_step)
@@ -194,8 +202,8 @@ def ship(
         print(f"[{family}] WARNING: {warning}", flush=True)
     print(f"[{family}] medium = step {medium_step} (re-measured {remeasured[medium_step]:.1f}, target "
           f"{remeasured[expert_step] / 3:.1f}); stochastic returns ...", flush=True)  # fmt: skip
-    expert_measured = measure(expert, env_id, eval_episodes, eval_seed, max_episode_steps)
-    medium_measured = measure(medium, env_id, eval_episodes, eval_seed, max_episode_steps)
+    expert_measured = measure(expert, episode_returns[expert_step], env_id, eval_episodes, eval_seed, max_episode_steps)
+    medium_measured = measure(medium, episode_returns[medium_step], env_id, eval_episodes, eval_seed, max_episode_steps)
 
     # Observations the replay checkpoints actually meet, to check the float16 storage.
     probe = collect_rollouts(behaviour_policy_fn(medium), env_id, 2_000, seed=eval_seed, n_envs=4,

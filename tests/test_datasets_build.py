@@ -372,7 +372,8 @@ def test_ship_script_output_builds(tmp_path, monkeypatch):
     # Re-measured over more episodes (stubbed: tiny random policies all score alike): the medium is
     # chosen by these, 30 (closest to 290 / 3), not by the noisy training-time returns (20 there).
     remeasured = {10: 10.0, 20: 200.0, 30: 95.0, 40: 290.0}
-    monkeypatch.setattr(ship, "remeasure", lambda policies, *args: {step: remeasured[step] for step in policies})
+    stub = lambda policies, *args: {step: np.full(2, remeasured[step]) for step in policies}  # noqa: E731
+    monkeypatch.setattr(ship, "remeasure", stub)
     for step, value in training_returns.items():
         metadata = {"env_id": ENV_ID, "train_steps": step, "eval_mean_return": value, "eval_episodes": 10,
                     "command": "train ...", "seed": 0}  # fmt: skip

@@ -89,7 +89,7 @@ class RunConfig:
 
     @property
     def dense(self) -> bool:
-        return not isinstance(self.sparsity, str) and float(self.sparsity) == 0.0
+        return resolve_sparsity(self.sparsity, 1) == 0.0  # "auto" is never dense
 
     def identity(self) -> dict:
         """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a
