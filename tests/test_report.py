@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import json
 import re
 from pathlib import Path
@@ -285,3 +286,23 @@ def test_cli_entry_on_a_sweep_with_nothing_finished(tmp_path, capsys):
     text = (tmp_path / "out" / "index.md").read_text()
     assert "No finished runs found." in text and "a/seed_0" in text and "in progress" in text
     assert str(tmp_path / "out" / "index.md") in capsys.readouterr().out
+
+
+def test_late_score_averages_the_last_fifth_of_training(built):
+    from sparse_reg.experiments.report import Run
+
+    history = [{"step": s, "normalized_score": v} for s, v in ((2, 10.0), (4, 20.0), (6, 30.0), (8, 40.0), (10, 50.0))]
+    run = Run(path=Path("."), summary={}, tags={}, algo="bc", family="hopper", kind="expert", size=5000, steps=10,
+              seed=0, variant="dense", history=history, masks=[])
+    assert run.late_score == pytest.approx(45.0)  # evaluations at steps 8 and 10
+    # an evaluation without a score (a CSV hole) is skipped, not counted as zero
+    run.history = [*history[:-1], {"step": 10, "normalized_score": ""}]
+    assert run.late_score == pytest.approx(40.0)
+    run.history = []
+    assert math.isnan(run.late_score)
+    # in the sweep fixture the last 20% of 20k steps holds only the final evaluation: same table
+    _, out, index = built
+    late = (out / "tables" / "late_normalized_score.md").read_text()
+    final = (out / "tables" / "normalized_score.md").read_text()
+    assert _table_cell(late, "expert", "IQL", 2) == _table_cell(final, "expert", "IQL", 2)
+    assert "late_normalized_score.md" in index.read_text()
