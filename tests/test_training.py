@@ -151,6 +151,15 @@ def test_wall_seconds_adds_up_the_invocations_of_a_resumed_run():
     assert wall_seconds([]) == 0.0
 
 
+def test_durations_read_in_seconds_minutes_or_hours():
+    from sparse_reg.provenance import format_duration
+
+    assert format_duration(89.4) == "89 s"
+    assert format_duration(2220) == "37 min"
+    assert format_duration(2220, 1) == "37.0 min"
+    assert format_duration(95 * 60) == "1.6 h"
+
+
 def test_waves_give_one_core_per_job_and_share_the_last_wave():
     from sparse_reg.training.parallel import waves
 

@@ -38,3 +38,15 @@ def wall_seconds(rows: list[dict]) -> float:
             total += previous
         previous = wall
     return total + previous
+
+
+def format_duration(seconds: float, decimals: int = 0) -> str:
+    """"45 s", "37 min", "4.7 h": seconds up to 90 s, minutes up to 90 min, hours beyond.
+
+    ``decimals`` applies to minutes (estimates read best rounded, measured times with one decimal).
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.{decimals}f} min"
+    return f"{seconds / 3600:.1f} h"

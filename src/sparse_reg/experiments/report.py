@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..data.reference import D4RL_REFERENCE_SCORES, env_family
+from ..provenance import format_duration
 from ..sparsity import resolve_sparsity
 from ..training.logging import MASKS_FILE, METRICS_FILE, read_rows
 
@@ -1052,14 +1053,8 @@ def _compute_text(runs: list[Run]) -> str:
                      + (f"; {unknown} run(s) do not record it." if unknown else "."))
     if walls:
         parts.append(f"Training wall time, summed over the {len(walls)} run(s) that record it: "
-                     f"{_hours(sum(walls))} (median {_hours(float(np.median(walls)))} per run).")
+                     f"{format_duration(sum(walls), 1)} (median {format_duration(float(np.median(walls)), 1)} per run).")
     return " ".join(parts)
-
-
-def _hours(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: list[Item]) -> str:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import tomllib
 
+from ..provenance import format_duration
 from ..training.config import RunConfig
 from ..training.parallel import Job
 
@@ -703,14 +704,6 @@ def _print_outcome(console, result: SweepResult) -> None:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _short_paper(paper: str) -> str:
