@@ -238,7 +238,7 @@ def test_expected_figures_exist_and_are_not_trivial(built):
     _, out, _ = built
     expected = [
         "curves_expert_iql.png", "curves_expert_bc.png", "final_scores_expert_iql.png", "final_scores_expert_bc.png",
-        "mse_expert_bc.png", "masks_expert_iql_5k_sparse.png", "masks_expert_bc_5k_sparse.png", "iqm_expert.png",
+        "mse_expert_bc.png", "cell_expert_bc_hopper_5000.png", "masks_expert_iql_5k_sparse.png", "masks_expert_bc_5k_sparse.png", "iqm_expert.png",
     ]
     for name in expected:
         path = out / "figures" / name
@@ -246,6 +246,8 @@ def test_expected_figures_exist_and_are_not_trivial(built):
         assert path.stat().st_size > 10_000, name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "figures" / "masks_expert_iql_5k_dense.png").exists()  # dense runs have no masks.csv
+    # side-by-side variant figures only where a cell has three or more variants (BC hopper: dense, sparse, l1)
+    assert [p.name for p in (out / "figures").glob("cell_*")] == ["cell_expert_bc_hopper_5000.png"]
 
 
 def test_index_links_resolve_and_skips_are_reported(built):

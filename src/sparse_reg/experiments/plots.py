@@ -93,14 +93,14 @@ def plot_band_grid(
     title: str = "",
     xlabel: str = "gradient steps",
     ylabel: str | Sequence[str] = "",
-    logy: bool = False,
+    logy: bool | Sequence[bool] = False,
     panel_size: tuple[float, float] = (4.2, 3.0),
     sharex: bool = False,
 ) -> Path:
     """A rows x columns grid of panels (``(title, series)`` or None for an empty cell).
 
     Short series (up to 50 points) get point markers, so a single evaluation still shows.
-    ``sharex``: panels of a column share their x axis.
+    ``sharex``: panels of a column share their x axis. ``logy``: for all panels, or per column.
     """
     n_rows, n_cols = len(grid), max(len(row) for row in grid)
     fig, axes = plt.subplots(
@@ -126,7 +126,7 @@ def plot_band_grid(
             ax.set_title(panel_title, fontsize=10)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_formatter(_step_formatter)
-            if logy and ax.has_data():
+            if (logy if isinstance(logy, bool) else logy[c]) and ax.has_data():
                 ax.set_yscale("log")
             below = grid[r + 1][c] if r + 1 < n_rows and c < len(grid[r + 1]) else None
             if below is None:

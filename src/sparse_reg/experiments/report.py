@@ -731,6 +731,7 @@ def write_report(
         items += _final_score_items(group, cells, colors, out_dir / "figures")
         if group.algo in mse_algos:
             items += _mse_items(group, cells, colors, out_dir / "figures")
+            items += _cell_comparison_items(group, cells, colors, out_dir / "figures")
         items += _mask_items(group, out_dir / "figures")
     items += _iqm_items(estimates, colors, out_dir / "figures", reps)
 
@@ -898,6 +899,39 @@ def _mse_items(group: _Group, cells, colors, directory: Path) -> list[Item]:
                  f"{group.label}: MSE between the policy's actions and the dataset's on the training set (dashed) "
                  "and on held-out validation episodes (solid), mean ± standard error over seeds; a falling training "
                  "loss with a rising validation loss is overfitting (paper Figures 4, 8, 9).")]
+
+
+def _cell_comparison_items(group: _Group, cells, colors, directory: Path) -> list[Item]:
+    """For each task and size run with three or more variants (e.g. dense, Sparse-Reg and L1):
+    score, training MSE and validation MSE side by side, the layout of the paper's Figure 4."""
+    from .plots import plot_band_grid
+
+    items = []
+    for size in group.sizes:
+        for family in group.families:
+            members = {v: cells.get((group.section, group.algo, size, family, v), []) for v in group.variants}
+            members = {v: runs for v, runs in members.items() if runs}
+            if len(members) < 3:
+                continue
+            row = []
+            for column, what in (("normalized_score", "normalised score"), ("train_mse", "training action MSE"),
+                                 ("validation_mse", "validation action MSE")):
+                series = [_band(by_step, v, colors[v]) for v, runs in members.items() if (by_step := _curve(runs, column))]
+                row.append((what, series) if series else None)
+            if sum(panel is not None for panel in row) < 2:
+                continue
+            where = f"{group.section} {_family_name(family)}, {_count_label(size)}"
+            path = plot_band_grid(
+                [row], directory / group.filename("cell", family, size),
+                title=f"{_algo_name(group.algo)} on {where}: {', '.join(members)}", logy=[False, True, True],
+            )
+            items.append(Item(
+                f"{_algo_name(group.algo)} variants side by side", path,
+                f"{_algo_name(group.algo)}, {where}: normalised score, action MSE on the training set and on held-out "
+                "validation episodes for every variant of this cell (mean ± standard error over seeds; the layout "
+                "of the paper's Figure 4).",
+            ))
+    return items
 
 
 def _mask_items(group: _Group, directory: Path) -> list[Item]:
