@@ -308,3 +308,33 @@ def test_late_score_averages_the_last_fifth_of_training(built):
     final = (out / "tables" / "normalized_score.md").read_text()
     assert _table_cell(late, "expert", "IQL", 2) == _table_cell(final, "expert", "IQL", 2)
     assert "late_normalized_score.md" in index.read_text()
+
+
+def test_export_keeps_results_drops_checkpoints_and_reports_the_same(built, tmp_path):
+    from sparse_reg.cli import main
+    from sparse_reg.experiments.export import export_runs
+
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(built[0], runs)
+    out = built[1]
+    # checkpoint and TensorBoard files of a finished run stay behind
+    finished = runs / "exp" / "iql-hopper-dense" / "seed_0"
+    (finished / "checkpoint.msgpack").write_bytes(b"\0" * 1000)
+    (finished / "tensorboard").mkdir(exist_ok=True)
+    (runs / "exp" / "sweep.json").write_text("{}")
+    dest = tmp_path / "export"
+    assert main(["export", str(runs), "--out", str(dest)]) == 0
+    copied = dest / "exp" / "iql-hopper-dense" / "seed_0"
+    assert sorted(p.name for p in copied.iterdir()) == ["config.json", "metrics.csv", "summary.json"]
+    assert (dest / "exp" / "iql-hopper-sparse" / "seed_0" / "masks.csv").is_file()
+    assert (dest / "other" / "tagged" / "seed_0" / "tags.json").is_file()
+    assert (dest / "exp" / "sweep.json").is_file()
+    assert not (dest / "exp" / "iql-hopper-dense" / "seed_3").exists()  # unfinished: no summary
+    # the broken summary is copied as it is (the report skips it there too); same tables from the copy
+    write_report(dest, tmp_path / "report", reps=300, seed=0)
+    for table in ("normalized_score.md", "final_return.md", "iqm.md"):
+        assert (tmp_path / "report" / "tables" / table).read_text() == (out / "tables" / table).read_text()
+    with pytest.raises(ValueError, match="inside"):
+        export_runs(runs, runs / "copy")

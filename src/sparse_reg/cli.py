@@ -188,6 +188,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_command(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .experiments.export import export_command
+
+    return export_command(args)
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: one pinned process per core (CPU) or vmapped seeds (accelerator); ray: a task per run")
@@ -259,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and figures (Markdown, LaTeX, PNG) for a directory of runs")
     add_report_arguments(p)
     p.set_defaults(func=cmd_report)
+
+    from .experiments.export import add_export_arguments
+
+    p = sub.add_parser("export", help="copy finished runs' results (config, summary, metrics, masks) without "
+                       "checkpoints, e.g. to commit them")
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 
