@@ -73,6 +73,39 @@ def updates_per_second(algo: str, sparsity: float, steps: int, repeats: int = 3)
     return steps / best
 
 
+def flops_per_update(algo: str) -> float:
+    """FLOPs of one compiled update (XLA's cost analysis), batch 256, dense networks.
+
+    XLA counts both branches of a ``lax.cond``: for TD3+BC, whose actor and targets update every
+    second step, this is the cost of an update step *with* the actor update (an upper bound).
+    """
+    config = RunConfig(algo=algo, sparsity=0.0, steps=10)
+    state, _ = initial_state(config, OBS_DIM, ACTION_DIM, False)
+    batch = synthetic_batch(config.algorithm_config().batch_size, jax.random.PRNGKey(1))
+    cost = jax.jit(ALGORITHMS[algo].update).lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+def matmul_gflops(batch: int = 256, width: int = 256, length: int = 2000, repeats: int = 3) -> float:
+    """What XLA reaches on this device for the networks' hidden-layer matmuls (batch x width @ width x width,
+    with a tanh between them, in one scan): the practical ceiling for an update's FLOP rate."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, width))
+    w = jax.random.normal(jax.random.PRNGKey(1), (width, width)) / width**0.5
+
+    @jax.jit
+    def chain(x):
+        return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=length)[0]
+
+    jax.block_until_ready(chain(x))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(chain(x))
+        best = min(best, time.perf_counter() - started)
+    return 2 * batch * width * width * length / best / 1e9
+
+
 def evaluation_seconds(episodes: int = 10, repeats: int = 3) -> float:
     """Wall time of ``episodes`` full HalfCheetah episodes, batched, with an IQL policy."""
     config = RunConfig(algo="iql", sparsity=0.0)
@@ -149,6 +182,19 @@ def main() -> None:
         algo: round(results["updates_per_s"][f"{algo}/dense"] / results["updates_per_s"][f"{algo}/sparse95"] - 1, 3)
         for algo in ALGORITHMS
     }
+    # How close the dense updates come to the device's matmul throughput at these shapes.
+    ceiling = matmul_gflops(length=200 if args.quick else 2000)
+    results["matmul_256_gflops"] = round(ceiling, 1)
+    results["dense_update_gflops"] = {}
+    for algo in ALGORITHMS:
+        gflop = flops_per_update(algo) / 1e9
+        achieved = gflop * results["updates_per_s"][f"{algo}/dense"]
+        results["dense_update_gflops"][algo] = {
+            "gflop_per_update": round(gflop, 4), "gflops": round(achieved, 1),
+            "fraction_of_matmul": round(achieved / ceiling, 3),
+        }
+        print(f"{algo:6s} {gflop * 1e3:6.1f} MFLOP/update, {achieved:6.1f} GFLOP/s = "
+              f"{achieved / ceiling:.0%} of the 256-wide matmul rate ({ceiling:.0f} GFLOP/s)", flush=True)
     if args.only == "updates":
         return _write(results, args, device, suffix="-updates")
     results["eval_10_episodes_s"] = round(evaluation_seconds(), 3)
