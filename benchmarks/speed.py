@@ -28,6 +28,7 @@ from sparse_reg.algorithms import ALGORITHMS, Batch
 from sparse_reg.data.collect import collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 from sparse_reg.sparsity import SparseRegConfig
+from sparse_reg.training.compile_cache import CACHE_ENV
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
 from sparse_reg.training.parallel import run_jobs, seed_jobs
@@ -136,6 +137,8 @@ def seeds_ratio(dataset, steps: int, mode: str, work: Path, n_seeds: int = 5) ->
     started = time.perf_counter()
     train(config, work / f"{mode}-one", dataset=dataset, progress=False, overwrite=True)
     one = time.perf_counter() - started
+    # Seed processes start from an empty compilation cache (the first ones compile, later ones load).
+    os.environ[CACHE_ENV] = str(work / f"jax-cache-{mode}")
     started = time.perf_counter()
     run_jobs(seed_jobs(config, list(range(n_seeds)), work / f"{mode}-many"), mode=mode, dataset=dataset,
              progress=False, overwrite=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from sparse_reg.data import Dataset, ReferenceScores, save_npz
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
+
+# The tests' worker processes share a compilation cache of their own, not the user's.
+os.environ.setdefault("SPARSE_REG_JAX_CACHE", tempfile.mkdtemp(prefix="sparse-reg-test-jax-cache-"))
 
 
 def random_policy_dataset(env_id: str, n: int, seed: int = 0, max_episode_steps: int = 200) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +209,41 @@ def test_action_mse_in_padded_chunks_equals_the_plain_mean():
     for chunk in (7, 23, 64):
         got = make_action_mse(act, chunk)(weights, jnp.asarray(obs), jnp.asarray(actions))
         assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_compilation_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):
+    from sparse_reg.training.compile_cache import cache_directory
+
+    monkeypatch.setenv("SPARSE_REG_JAX_CACHE", str(tmp_path / "c"))
+    assert cache_directory() == tmp_path / "c"
+    monkeypatch.setenv("SPARSE_REG_JAX_CACHE", "off")
+    assert cache_directory() is None
+    monkeypatch.delenv("SPARSE_REG_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_directory() == tmp_path / "xdg" / "sparse-reg" / "jax"
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+    import subprocess
+    import sys
+
+    program = (
+        "import jax, jax.numpy as jnp\n"
+        "from sparse_reg.training.compile_cache import enable_compilation_cache\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "print(enable_compilation_cache())\n"
+        "f = jax.jit(lambda x: jax.lax.scan(lambda c, _: (jnp.tanh(c @ c), None), x, None, length=3)[0])\n"
+        "print(float(f(jnp.eye(8) * 0.5).sum()))\n"
+    )
+    env = {**os.environ, "SPARSE_REG_JAX_CACHE": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    first = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    entries = lambda: {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}  # noqa: E731
+    written = entries()
+    assert first.stdout.splitlines()[0] == str(tmp_path / "cache") and written
+    second = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    assert second.stdout == first.stdout  # same result from the cached executable
+    assert entries() == written  # every program was a cache hit: nothing compiled and written again
+    off = subprocess.run([sys.executable, "-c", program], env={**env, "SPARSE_REG_JAX_CACHE": "off"},
+                         capture_output=True, text=True, check=True)
+    assert off.stdout.splitlines()[0] == "None"

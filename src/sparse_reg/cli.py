@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .training.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # before anything compiles
     if args.command == "datasets" and args.action == "make" and not args.names:
         parser.error("datasets make needs at least one NAME")
     try:

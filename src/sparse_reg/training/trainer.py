@@ -29,6 +29,7 @@ from ..data.splits import split_train_validation
 from ..provenance import code_version, wall_seconds
 from ..sparsity import SparseRegConfig, refresh_masks, resolve_sparsity, weight_sparsity
 from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .compile_cache import enable_compilation_cache
 from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
 from .logging import METRICS_FILE, RunLogger, read_rows
@@ -219,6 +220,7 @@ def train_group(
     identical in form to a single run's. On an accelerator this is the fast way to run
     seeds; on a CPU one process per core is (see :mod:`sparse_reg.training.parallel`).
     """
+    enable_compilation_cache()
     outs = [Path(o) for o in outs]
     if resume:
         configs = [RunConfig.load(o / CONFIG_FILE) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
