@@ -3,6 +3,7 @@
     python benchmarks/speed.py                 # full measurement (~10 min on 2 CPU cores)
     python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
     python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
+    python benchmarks/speed.py --only seeds    # just 5 seeds vs 1 seed (~5 min), to its own file
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -146,6 +147,15 @@ def seeds_ratio(dataset, steps: int, mode: str, work: Path, n_seeds: int = 5) ->
     return {"one_seed_s": round(one, 2), f"{n_seeds}_seeds_s": round(many, 2), "ratio": round(many / one, 2)}
 
 
+def five_seeds_vs_one(dataset, steps: int, work: Path) -> dict:
+    """Both CPU paths (pinned processes, vmap) on a CPU; vmap alone on an accelerator."""
+    out = {}
+    for mode in ["processes", "vmap"] if jax.default_backend() == "cpu" else ["vmap"]:
+        out[mode] = seeds_ratio(dataset, steps, mode, work)
+        print(f"5 seeds vs 1 ({mode}): {out[mode]}", flush=True)
+    return out
+
+
 def end_to_end(dataset, steps: int, eval_every: int, work: Path) -> dict:
     """A full sparse IQL run (evaluations, mask refreshes, checkpoints) vs its pure update time."""
     config = RunConfig(algo="iql", dataset="bench", size=10_000, validation_size=20_000, sparsity=0.95,
@@ -161,7 +171,8 @@ def end_to_end(dataset, steps: int, eval_every: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
-    parser.add_argument("--only", choices=["updates"], default=None, help="measure only updates/s")
+    parser.add_argument("--only", choices=["updates", "seeds"], default=None,
+                        help="measure only updates/s, or only 5 seeds vs 1 (each to its own file)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     steps = 200 if args.quick else 5_000
@@ -176,6 +187,8 @@ def main() -> None:
         "quick": args.quick,
         "updates_per_s": {},
     }
+    if args.only == "seeds":
+        return _seeds_only(results, args, device, steps)
     for algo in ALGORITHMS:
         for sparsity in (0.0, 0.95):
             rate = updates_per_second(algo, sparsity, steps)
@@ -206,11 +219,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
     try:
         dataset = small_dataset(40_000 if not args.quick else 12_000)
-        modes = ["processes", "vmap"] if jax.default_backend() == "cpu" else ["vmap"]
-        results["five_seeds_vs_one"] = {}
-        for mode in modes:
-            results["five_seeds_vs_one"][mode] = seeds_ratio(dataset, steps, mode, work)
-            print(f"5 seeds vs 1 ({mode}): {results['five_seeds_vs_one'][mode]}", flush=True)
+        results["five_seeds_vs_one"] = five_seeds_vs_one(dataset, steps, work)
         e2e_steps = 400 if args.quick else 50_000
         results["end_to_end"] = end_to_end(dataset, e2e_steps, 200 if args.quick else 5_000, work)
         print(f"end to end: {results['end_to_end']}", flush=True)
@@ -221,6 +230,17 @@ def main() -> None:
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     _write(results, args, device)
+
+
+def _seeds_only(results: dict, args: argparse.Namespace, device: str, steps: int) -> None:
+    del results["updates_per_s"]
+    work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
+    try:
+        dataset = small_dataset(40_000 if not args.quick else 12_000)
+        results["five_seeds_vs_one"] = five_seeds_vs_one(dataset, steps, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _write(results, args, device, suffix="-seeds")
 
 
 def _write(results: dict, args: argparse.Namespace, device: str, suffix: str = "") -> None:
