@@ -573,3 +573,21 @@ def test_refresh_scores_every_network_against_the_original_state():
     with_new_actor = state.replace(actor=state.actor.replace(mask=refreshed.actor.mask))
     sequential = network_masks(TD3BC.losses["critic"], with_new_actor, "critic", batch, keys["critic"], 0.1)
     assert not leaves_equal(sequential, refreshed.critic.mask)
+
+
+def test_refresh_reports_each_networks_loss_with_the_old_and_the_new_mask():
+    config = TD3BCConfig(network=NetworkConfig(hidden_dims=(32, 32)))
+    state = with_all_ones_masks(init_state(TD3BC, config, 4), TD3BC.losses)
+    batch, key = make_batch(), jax.random.PRNGKey(5)
+    keys = dict(zip(TD3BC.losses, jax.random.split(key, 2)))
+    first, _ = refresh_masks(state, TD3BC.losses, batch, key, SparseRegConfig(0.9))
+    second, stats = refresh_masks(first, TD3BC.losses, make_batch(seed=1), key, SparseRegConfig(0.5))
+    batch = make_batch(seed=1)
+    for name, loss_fn in TD3BC.losses.items():
+        before = float(loss_fn(first, batch, keys[name])[0])
+        # only this network's mask changes; the others keep theirs (as when it was scored)
+        after = float(loss_fn(first.replace(**{name: getattr(second, name)}), batch, keys[name])[0])
+        assert float(stats[name]["total"]["loss_before"]) == pytest.approx(before, rel=1e-6), name
+        assert float(stats[name]["total"]["loss_after"]) == pytest.approx(after, rel=1e-6), name
+        assert before != pytest.approx(after), name  # 90% -> 50% sparse changes the function
+        assert set(stats[name]["total"]) == {"sparsity", "changed", "loss_before", "loss_after"}

@@ -247,3 +247,26 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
     off = subprocess.run([sys.executable, "-c", program], env={**env, "SPARSE_REG_JAX_CACHE": "off"},
                          capture_output=True, text=True, check=True)
     assert off.stdout.splitlines()[0] == "None"
+
+
+def test_logs_written_by_an_older_version_keep_their_columns_when_a_run_resumes(tmp_path):
+    from sparse_reg.training.logging import MASKS_FILE, RunLogger, read_rows
+
+    (tmp_path / MASKS_FILE).write_text("step,network,layer,sparsity,changed\n0,actor,total,0.95,1.0\n")
+    logger = RunLogger(tmp_path, resume_step=5)
+    logger.log_masks(5, {"actor": {"Dense_0": {"sparsity": 0.9, "changed": 0.1},
+                                   "total": {"sparsity": 0.95, "changed": 0.05, "loss_before": 1.0, "loss_after": 2.0}}})
+    logger.close()
+    rows = read_rows(tmp_path / MASKS_FILE)
+    assert [r["layer"] for r in rows] == ["total", "Dense_0", "total"]
+    assert all(set(r) == {"step", "network", "layer", "sparsity", "changed"} for r in rows)
+    # a new run writes the new columns, empty where a layer row has no loss
+    fresh = tmp_path / "new"
+    fresh.mkdir()
+    logger = RunLogger(fresh)
+    logger.log_masks(0, {"actor": {"Dense_0": {"sparsity": 0.9, "changed": 1.0},
+                                   "total": {"sparsity": 0.95, "changed": 1.0, "loss_before": 1.0, "loss_after": 2.0}}})
+    logger.close()
+    header, layer_row, total_row = (fresh / MASKS_FILE).read_text().splitlines()
+    assert header == "step,network,layer,sparsity,changed,loss_before,loss_after"
+    assert layer_row.endswith(",,") and total_row.endswith(",1.0,2.0")

@@ -123,6 +123,10 @@ def refresh_masks(
 ) -> tuple[Any, dict]:
     """New masks for every network in ``losses``; returns the state and per-layer statistics.
 
+    The statistics of each network's ``"total"`` also hold its loss on the scoring batch with
+    the previous mask and with the new one (``loss_before``, ``loss_after``; other networks as
+    they were).
+
     Every network is scored against the same state (all other masks as they were), so the
     result does not depend on the order in which networks are listed.
     """
@@ -133,7 +137,13 @@ def refresh_masks(
         for subkey, (name, loss_fn) in zip(keys, losses.items())
     }
     stats = {name: mask_statistics(mask, getattr(state, name).mask) for name, mask in new_masks.items()}
-    return state.replace(**{name: getattr(state, name).replace(mask=mask) for name, mask in new_masks.items()}), stats
+    refreshed = state.replace(**{name: getattr(state, name).replace(mask=mask) for name, mask in new_masks.items()})
+    # How much the refresh moves each network's loss on the scoring batch: reviving frozen weights
+    # at their old values and dropping trained ones can change the function a lot.
+    for subkey, (name, loss_fn) in zip(keys, losses.items()):
+        stats[name]["total"]["loss_before"] = loss_fn(state, batch, subkey)[0]
+        stats[name]["total"]["loss_after"] = loss_fn(state.replace(**{name: getattr(refreshed, name)}), batch, subkey)[0]
+    return refreshed, stats
 
 
 def mask_statistics(mask: PyTree, previous: PyTree | None) -> dict:

@@ -15,7 +15,7 @@ from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.csv"
 MASKS_FILE = "masks.csv"
-MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed"]
+MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed", "loss_before", "loss_after"]
 
 
 class RunLogger:
@@ -37,7 +37,8 @@ class RunLogger:
         self.tensorboard.flush()
 
     def log_masks(self, step: int, stats: dict) -> None:
-        """``stats``: network -> layer -> {"sparsity", "changed"} (floats)."""
+        """``stats``: network -> layer -> {"sparsity", "changed"} (floats); the network's "total" also
+        has "loss_before" and "loss_after" (its loss with the previous and the new mask)."""
         for network, layers in stats.items():
             for layer, values in layers.items():
                 _append_row(
@@ -69,10 +70,13 @@ def _parse(value: str):
 
 
 def _append_row(path: Path, row: dict, columns: list[str] | None = None) -> None:
-    columns = columns or list(row)
     new = not path.exists()
+    if not new:  # a file from an older version (a resumed run) keeps its columns
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), None) or columns
+    columns = columns or list(row)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)
