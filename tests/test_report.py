@@ -66,12 +66,13 @@ def _write_run(directory: Path, algo, env, variant, seed, final_score, *, steps=
         networks = ("actor", "critic", "value") if algo == "iql" else ("actor",)
         with open(directory / "masks.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["step", "network", "layer", "sparsity", "changed"])
+            writer.writerow(["step", "network", "layer", "sparsity", "changed", "loss_before", "loss_after"])
             for step in (0, 5000):
                 for network in networks:
                     for layer, sparsity in (("params/Dense_0", 0.9), ("params/Dense_1", 0.97), ("total", 0.95)):
+                        losses = [1.0, 3.0 if step else 1.2] if layer == "total" else ["", ""]
                         writer.writerow([step, network, layer, sparsity + (0.01 if step else 0.0),
-                                         1.0 if step == 0 else 0.05])
+                                         1.0 if step == 0 else 0.05, *losses])
     if summary:
         (directory / "summary.json").write_text(json.dumps({
             "algo": algo, "dataset": config["dataset"], "env": ENV_IDS[env], "size": 5000, "validation_size": 2000,

@@ -994,7 +994,8 @@ def _layer_labels(layers: Sequence[str]) -> dict[str, str]:
 
 
 def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
-    """Figure 5(a): columns networks; top sparsity per layer, bottom fraction changed per refresh.
+    """Figure 5(a): columns networks; rows sparsity per layer, fraction changed per refresh and,
+    where masks.csv records it, the network's loss just before and just after each refresh.
 
     Mean ± std over the given runs at each refresh step. The first refresh of a run is left out
     of 'changed': it is measured against the initial (all-ones) mask.
@@ -1003,7 +1004,7 @@ def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
 
     networks = _ordered({row["network"] for r in runs for row in r.masks}, ("actor", "critic", "value"))
     colors: dict[str, str] = {"total": "black"}
-    sparsity_row, changed_row = [], []
+    sparsity_row, changed_row, loss_row = [], [], []
     for network in networks:
         layers = sorted({str(row["layer"]) for r in runs for row in r.masks if row["network"] == network} - {"total"},
                         key=_natural_key)
@@ -1029,9 +1030,27 @@ def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
                 series[column].append(Series(label, steps, mean, mean - std, mean + std, color, style))
         sparsity_row.append((f"{network}: sparsity per layer", series["sparsity"]))
         changed_row.append((f"{network}: fraction of mask changed", series["changed"]) if series["changed"] else None)
-    grid = [sparsity_row] + ([changed_row] if any(p is not None for p in changed_row) else [])
-    return plot_band_grid(grid, path, title=f"{title}: masks over training",
-                          ylabel=["fraction pruned", "fraction changed"][: len(grid)], sharex=True)
+        jumps = []
+        for column, label, style in (("loss_before", "loss before refresh", "-"), ("loss_after", "loss after refresh", "--")):
+            by_step = defaultdict(list)
+            for run in runs:
+                for row in run.masks:
+                    value = _as_float(row.get(column))
+                    if row["network"] == network and str(row["layer"]) == "total" and np.isfinite(value):
+                        by_step[float(row["step"])].append(value)
+            if by_step:
+                steps = sorted(by_step)
+                mean = np.array([np.mean(by_step[s]) for s in steps])
+                std = np.array([np.std(by_step[s]) for s in steps])
+                jumps.append(Series(label, steps, mean, mean - std, mean + std, "tab:red", style))
+        loss_row.append((f"{network}: its loss at each refresh", jumps) if jumps else None)
+    grid = [sparsity_row]
+    labels = ["fraction pruned"]
+    for row, label in ((changed_row, "fraction changed"), (loss_row, "loss (scoring batch)")):
+        if any(panel is not None for panel in row):
+            grid.append(row)
+            labels.append(label)
+    return plot_band_grid(grid, path, title=f"{title}: masks over training", ylabel=labels, sharex=True)
 
 
 def _write_final_scores(runs: Sequence[Run], path: Path) -> None:
