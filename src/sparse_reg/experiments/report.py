@@ -215,14 +215,9 @@ class Run:
         Steadier than the final evaluation alone, whose few episodes can swing widely from
         one evaluation to the next on small data.
         """
-        last_step = max((_as_float(h.get("step")) for h in self.history), default=math.nan)
-        start = LATE_FRACTION_START * (self.steps or last_step)
-        scores = [
-            _as_float(h.get("normalized_score"))
-            for h in self.history
-            if _as_float(h.get("step")) >= start and h.get("normalized_score") not in (None, "")
-        ]
-        scores = [s for s in scores if not math.isnan(s)]
+        evaluations = [(_as_float(h.get("step")), _as_float(h.get("normalized_score"))) for h in self.history]
+        start = LATE_FRACTION_START * (self.steps or max((step for step, _ in evaluations), default=math.nan))
+        scores = [score for step, score in evaluations if step >= start and not math.isnan(score)]
         return float(np.mean(scores)) if scores else math.nan
 
     @property
@@ -1000,7 +995,7 @@ def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
     Mean ± std over the given runs at each refresh step. The first refresh of a run is left out
     of 'changed': it is measured against the initial (all-ones) mask.
     """
-    from .plots import Series, plot_band_grid
+    from .plots import plot_band_grid
 
     networks = _ordered({row["network"] for r in runs for row in r.masks}, ("actor", "critic", "value"))
     colors: dict[str, str] = {"total": "black"}
@@ -1014,35 +1009,15 @@ def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
             label = labels[layer]
             color = colors.setdefault(label, f"C{(len(colors) - 1) % 10}")
             for column in series:
-                by_step = defaultdict(list)
-                for run in runs:
-                    rows = [row for row in run.masks if row["network"] == network and str(row["layer"]) == layer]
-                    for row in rows[1:] if column == "changed" else rows:
-                        value = _as_float(row.get(column))
-                        if np.isfinite(value):
-                            by_step[float(row["step"])].append(value)
-                if not by_step:
-                    continue
-                steps = sorted(by_step)
-                mean = np.array([np.mean(by_step[s]) for s in steps])
-                std = np.array([np.std(by_step[s]) for s in steps])
-                style = "--" if layer == "total" else "-"
-                series[column].append(Series(label, steps, mean, mean - std, mean + std, color, style))
+                by_step = _mask_values(runs, network, layer, column, skip_first=column == "changed")
+                if by_step:
+                    series[column].append(_spread_series(by_step, label, color, "--" if layer == "total" else "-"))
         sparsity_row.append((f"{network}: sparsity per layer", series["sparsity"]))
         changed_row.append((f"{network}: fraction of mask changed", series["changed"]) if series["changed"] else None)
         jumps = []
         for column, label, style in (("loss_before", "loss before refresh", "-"), ("loss_after", "loss after refresh", "--")):
-            by_step = defaultdict(list)
-            for run in runs:
-                for row in run.masks:
-                    value = _as_float(row.get(column))
-                    if row["network"] == network and str(row["layer"]) == "total" and np.isfinite(value):
-                        by_step[float(row["step"])].append(value)
-            if by_step:
-                steps = sorted(by_step)
-                mean = np.array([np.mean(by_step[s]) for s in steps])
-                std = np.array([np.std(by_step[s]) for s in steps])
-                jumps.append(Series(label, steps, mean, mean - std, mean + std, "tab:red", style))
+            if by_step := _mask_values(runs, network, "total", column):
+                jumps.append(_spread_series(by_step, label, "tab:red", style))
         loss_row.append((f"{network}: its loss at each refresh", jumps) if jumps else None)
     grid = [sparsity_row]
     labels = ["fraction pruned"]
@@ -1051,6 +1026,28 @@ def _plot_masks(runs: Sequence[Run], path: Path, title: str) -> Path:
             grid.append(row)
             labels.append(label)
     return plot_band_grid(grid, path, title=f"{title}: masks over training", ylabel=labels, sharex=True)
+
+
+def _mask_values(runs: Sequence[Run], network: str, layer: str, column: str, skip_first: bool = False) -> dict:
+    """step -> the finite values of one masks.csv column for (network, layer) across ``runs``."""
+    by_step = defaultdict(list)
+    for run in runs:
+        rows = [row for row in run.masks if row["network"] == network and str(row["layer"]) == layer]
+        for row in rows[1:] if skip_first else rows:
+            value = _as_float(row.get(column))
+            if np.isfinite(value):
+                by_step[float(row["step"])].append(value)
+    return by_step
+
+
+def _spread_series(by_step: Mapping[float, list[float]], label: str, color: str, style: str):
+    """Mean ± std (ddof=0) over runs at each step."""
+    from .plots import Series
+
+    steps = sorted(by_step)
+    mean = np.array([np.mean(by_step[s]) for s in steps])
+    std = np.array([np.std(by_step[s]) for s in steps])
+    return Series(label, steps, mean, mean - std, mean + std, color, style)
 
 
 def _write_final_scores(runs: Sequence[Run], path: Path) -> None:
