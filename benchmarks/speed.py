@@ -12,6 +12,7 @@ from one invocation on one machine; run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -132,6 +133,16 @@ def small_dataset(size: int):
     return data.replace(reference=D4RL_REFERENCE_SCORES["halfcheetah"], env_id=ENV)
 
 
+@contextlib.contextmanager
+def scratch(quick: bool):
+    """(a small HalfCheetah dataset, a temporary run directory removed afterwards)."""
+    work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
+    try:
+        yield small_dataset(12_000 if quick else 40_000), work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def seeds_ratio(dataset, steps: int, mode: str, work: Path, n_seeds: int = 5) -> dict:
     config = RunConfig(algo="iql", dataset="bench", size=10_000, validation_size=20_000, sparsity=0.95,
                        steps=steps, eval_every=steps, eval_episodes=10)
@@ -224,15 +235,11 @@ def main() -> None:
     results["eval_10_episodes_s"] = round(evaluation_seconds(), 3)
     print(f"10 HalfCheetah evaluation episodes: {results['eval_10_episodes_s']} s", flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
-    try:
-        dataset = small_dataset(40_000 if not args.quick else 12_000)
+    with scratch(args.quick) as (dataset, work):
         results["five_seeds_vs_one"] = five_seeds_vs_one(dataset, steps, work)
         e2e_steps = 400 if args.quick else 50_000
         results["end_to_end"] = end_to_end(dataset, e2e_steps, 200 if args.quick else 5_000, work)
         print(f"end to end: {results['end_to_end']}", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     results["peak_rss_mb"] = {
         "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
@@ -242,12 +249,8 @@ def main() -> None:
 
 def _seeds_only(results: dict, args: argparse.Namespace, device: str, steps: int) -> None:
     del results["updates_per_s"]
-    work = Path(tempfile.mkdtemp(prefix="sparse-reg-bench-"))
-    try:
-        dataset = small_dataset(40_000 if not args.quick else 12_000)
+    with scratch(args.quick) as (dataset, work):
         results["five_seeds_vs_one"] = five_seeds_vs_one(dataset, steps, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     _write(results, args, device, suffix="-seeds")
 
 
