@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -475,5 +476,45 @@ def test_reshipped_policies_trigger_a_rebuild_instead_of_stale_data(dirs):
         registry.make(name, size=120, **SMALL)
     record = registry.read_record(path)
     assert record["reference"]["expert"] == provenance["expert"]["mean_return"]
-    assert record["policy_fingerprint"] == registry.ShippedPolicies.find("hopper", policies).fingerprint()
+    assert record["policy_fingerprint"] == registry.ShippedPolicies.find("hopper", policies).fingerprint("medium")
     assert_same(before, registry.read_built(path))  # same policy weights and seed: same data
+
+
+def test_reshipping_one_policy_rebuilds_only_the_datasets_made_from_it(dirs):
+    _, policies = dirs
+    expert = registry.make("hopper-expert-v0", size=120, **SMALL)
+    medium = registry.make("hopper-medium-v0", size=120, **SMALL)
+    medium_fingerprint = registry.read_record(medium)["policy_fingerprint"]
+    provenance_file = policies / "hopper" / "provenance.json"
+    provenance = json.loads(provenance_file.read_text())
+    provenance["medium"]["step"] += 100  # a new medium; the expert is the same
+    provenance["selection"] = {"medium_candidates": [1, 2]}  # family-wide notes do not count
+    provenance_file.write_text(json.dumps(provenance))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rebuild would warn
+        registry.make("hopper-expert-v0", size=120, **SMALL)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        registry.make("hopper-medium-v0", size=120, **SMALL)
+    assert registry.read_record(medium)["policy_fingerprint"] != medium_fingerprint
+
+    # The policy file's bytes count too, not only what the provenance says of it.
+    tiny_policy(7).save(policies / "hopper" / "medium.npz")
+    with pytest.warns(UserWarning, match="rebuilding"):
+        registry.make("hopper-medium-v0", size=120, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.make("hopper-expert-v0", size=120, **SMALL)
+
+
+def test_builds_marked_with_the_whole_family_fingerprint_are_still_current(dirs):
+    # Datasets built before per-dataset fingerprints carry the fingerprint of the whole record.
+    _, policies = dirs
+    path = registry.make("hopper-expert-v0", size=120, **SMALL)
+    metadata_file = path / "data" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    shipped = registry.ShippedPolicies.find("hopper", policies)
+    metadata[registry._METADATA_KEY]["policy_fingerprint"] = shipped.fingerprint()
+    metadata_file.write_text(json.dumps(metadata))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.make("hopper-expert-v0", size=120, **SMALL)

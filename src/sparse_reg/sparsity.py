@@ -12,6 +12,13 @@ Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or onl
 step 0 when ``until == 0`` (SFI, single shot at initialisation). Applying the mask in
 forward passes and updates is :class:`sparse_reg.masked_net.MaskedNet`'s job. Nothing
 here knows any algorithm: a new algorithm only declares its losses.
+
+Scoring the full network (step 1) and keeping pruned weights at their values is what the
+paper's own code does (SaminYeasar/sparse_reg: ``sparse_utils.py`` sets every mask to ones
+on a deep copy of the agent before the scoring pass; ``algos.py`` applies masks with
+``fixed_weight=-1``, which skips zeroing). One difference: that code scores all networks
+of the agent at once, each seeing the *others* unmasked too; here each network is scored
+with the other networks as they are trained, masks included.
 """
 
 from __future__ import annotations

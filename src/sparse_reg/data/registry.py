@@ -184,11 +184,32 @@ class ShippedPolicies:
             return "medium" in self.provenance and self.medium_replay_file().is_file()
         return bool(self.replay_checkpoints())  # expert-replay
 
-    def fingerprint(self) -> str:
-        """Identifies what was shipped (the provenance record names every policy and its returns)."""
+    def fingerprint(self, kind: str | None = None) -> str:
+        """Identifies what a dataset of ``kind`` is built from, so re-shipping one policy rebuilds
+        only the datasets made from it: the provenance entries of its roles (the expert's always,
+        for the reference score) and the bytes of the files it reads. Without ``kind``: the whole
+        provenance record (how builds made before per-kind fingerprints were marked)."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.provenance, sort_keys=True).encode()).hexdigest()[:16]
+        if kind is None:
+            return hashlib.sha256(json.dumps(self.provenance, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(_role_entries(self.provenance, kind), sort_keys=True).encode())
+        for path in self._source_files(kind):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes() if path.is_file() else b"missing")
+        return digest.hexdigest()[:16]
+
+    def _source_files(self, kind: str) -> list[Path]:
+        if kind in ("expert", "medium"):
+            return [self.policy_file(kind)]
+        if kind == "medium-replay":
+            return [self.medium_replay_file()]
+        return [path for _, path in self.replay_checkpoints()]  # expert-replay
+
+    def is_source_of(self, record: dict, kind: str) -> bool:
+        """Whether a build record says the dataset was made from what is shipped now."""
+        built_from = record.get("policy_fingerprint")
+        return built_from in (self.fingerprint(kind), self.fingerprint())
 
     def expert_return(self) -> float:
         """The expert policy's deterministic mean return, as measured when it was shipped."""
@@ -259,8 +280,7 @@ def make(
     path = dataset_path(name, root)
     shipped = ShippedPolicies.find(family, policies)
     if _is_built(path) and not force:
-        built_from = read_record(path).get("policy_fingerprint")
-        if shipped is None or built_from == shipped.fingerprint():
+        if shipped is None or shipped.is_source_of(read_record(path), kind):
             _check_matches(path, name, seed, size)
             return path
         # Built from policies that have since been re-shipped: rebuild rather than serve stale data.
@@ -316,7 +336,7 @@ def make(
         },
         "d4rl_reference": {"random": d4rl.random, "expert": d4rl.expert},
         "policy_provenance": _provenance_summary(shipped, kind),
-        "policy_fingerprint": shipped.fingerprint(),
+        "policy_fingerprint": shipped.fingerprint(kind),
         "approximation": _approximation_note(source),
     }
     _write_atomically(path, dataset, record, reference, force)
@@ -493,14 +513,14 @@ def _dataset_from_true_buffer(name: str, shipped: ShippedPolicies, size: int | N
 def _provenance_summary(shipped: ShippedPolicies, kind: str) -> dict:
     provenance = shipped.provenance
     summary = {key: provenance[key] for key in ("training", "selection") if key in provenance}
+    return {**summary, **_role_entries(provenance, kind)}
+
+
+def _role_entries(provenance: dict, kind: str) -> dict:
+    """The provenance entries of the policies and files a dataset of ``kind`` is made from."""
     roles = ("expert", "medium") if kind.endswith("-replay") else (kind, "expert")
-    for role in dict.fromkeys(roles):
-        if role in provenance:
-            summary[role] = provenance[role]
     extra = {"medium-replay": "medium_replay", "expert-replay": "replay"}.get(kind)
-    if extra in provenance:
-        summary[extra] = provenance[extra]
-    return summary
+    return {key: provenance[key] for key in dict.fromkeys((*roles, extra)) if key in provenance}
 
 
 def _approximation_note(source: str) -> str | None:
