@@ -359,6 +359,19 @@ def test_iql_actor_loss_matches_numpy():
 # ----------------------------------------------------------------------------- update
 
 
+def test_iql_actor_learning_rate_decays_to_zero_at_its_horizon():
+    # 0 = the run's length (3 updates here): the 4th update leaves the actor as it was. The
+    # paper's code decays over 1M steps whatever the run's length: then the actor still moves.
+    for decay_steps, moves in ((0, False), (1_000_000, True)):
+        config = IQLConfig(network=TINY, actor_lr_decay_steps=decay_steps)
+        state = perturb_state(init(IQL, config, total_steps=3), ["actor", "critic", "value"], seed=5)
+        for _ in range(3):
+            state, _ = jitted_update(IQL)(state, BATCH)
+        new, _ = jitted_update(IQL)(state, BATCH)
+        assert (not tree_equal(new.actor.params, state.actor.params)) == moves, decay_steps
+        assert not tree_equal(new.critic.params, state.critic.params)  # the critic has no schedule
+
+
 ALGOS = [
     (BC, BCConfig(network=TINY), ["actor"]),
     (TD3BC, TD3BCConfig(network=TINY), ["actor", "critic"]),
