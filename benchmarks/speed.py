@@ -203,6 +203,7 @@ def main() -> None:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        **machine_description(),
         "quick": args.quick,
         "updates_per_s": {},
     }
@@ -245,6 +246,26 @@ def main() -> None:
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     _write(results, args, device)
+
+
+def machine_description() -> dict:
+    """What the figures depend on besides the code: CPU model, vector ISA, XLA flags.
+
+    Sessions land on different hosts, so two result files are only comparable when these match.
+    """
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    isa = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if name in flags]
+    return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def _seeds_only(results: dict, args: argparse.Namespace, device: str, steps: int) -> None:
