@@ -23,6 +23,7 @@ from sparse_reg.experiments.sweep import (
     load_experiment,
     run_state,
     run_sweep,
+    select,
 )
 from sparse_reg.training.config import RunConfig
 
@@ -92,6 +93,25 @@ def test_variants_and_budget_overrides():
     assert configs("table3")[("sparse20", "halfcheetah-expert-v0", 100000)].sparsity == 0.2
     l1 = [k for k in configs("figure4") if k[0] == "l1"]
     assert l1 == [("l1", "halfcheetah-expert-v0", 50000)]  # Figure 4's L1 only where the paper has it
+
+
+def test_only_selects_runs_by_axis_variant_seed_and_cell():
+    runs = expand(load_experiment("figure4"), "quick", "runs")  # 49 cells x seeds 0, 1
+    assert len(runs) == 98
+    # hopper-medium: 4 sizes x (dense, sparse) x 2 seeds
+    assert len(select(runs, ["dataset=hopper-medium-v0"])) == 16
+    assert {(r.cell.variant, r.seed) for r in select(runs, ["dataset=hopper-medium-v0", "size=5k", "seed=0"])} \
+        == {("dense", 0), ("sparse", 0)}
+    # wildcards and lists: 3 expert datasets x 2 sizes x dense x 2 seeds
+    chosen = select(runs, ["dataset=*-expert-v0", "size=50000,100k", "variant=dense"])
+    assert len(chosen) == 12 and {r.job.config.size for r in chosen} == {50_000, 100_000}
+    assert [r.cell.id for r in select(runs, ["variant=l1", "seed=1"])] == ["bc-halfcheetah-expert-v0-50000-l1"]
+    assert len(select(runs, ["cell=bc-walker2d-*-5000-sparse"])) == 4  # expert and medium, 2 seeds
+    assert select(runs, []) == runs
+    for bad, message in [(["dataset"], "expected KEY=VALUE"), (["env=hopper"], "no key 'env'"),
+                         (["size=7k"], "matches none of the sweep's 98 runs")]:
+        with pytest.raises(ExperimentError, match=message):
+            select(runs, bad)
 
 
 TINY_TOML = """
@@ -243,6 +263,9 @@ def test_cli_lists_experiments_and_dry_runs(tmp_path, capsys, hopper_random_npz)
     assert main(["sweep", str(config), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "hopper_random-1000-dense" in out and "2 to run" in out
+    assert main(["sweep", str(config), "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--only", "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 run (of 2, selected by --only seed=1)" in out and "1 to run" in out
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     assert main(["sweep", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

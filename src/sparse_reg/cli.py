@@ -157,7 +157,8 @@ def _sweep(args: argparse.Namespace, config: str, dry_run: bool = False):
     from .experiments.sweep import run_sweep
 
     return run_sweep(config, budget=args.budget, runs_dir=_runs_dir(args), backend=args.backend,
-                     address=args.address, workers=args.workers, dry_run=dry_run, progress=not args.no_progress)
+                     address=args.address, workers=args.workers, dry_run=dry_run, progress=not args.no_progress,
+                     only=args.only)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -203,6 +204,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: runs/<budget>)")
     p.add_argument("--workers", type=int, default=None, help="local backend on a CPU: run on this many cores "
                    "(default: every core this process may use), e.g. to leave some free on a shared machine")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                   help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
+                   "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -20,6 +20,7 @@ and records a failing run's traceback in its ``error.txt`` without stopping the 
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import math
@@ -29,7 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import tomllib
 
@@ -319,6 +320,52 @@ def expand(experiment: Experiment, budget: str, runs_dir: str | Path) -> list[Sw
     return runs
 
 
+SELECT_KEYS = ("variant", "seed", "cell")  # besides the grid's own axes
+
+
+def select(runs: list[SweepRun], only: Sequence[str]) -> list[SweepRun]:
+    """The runs that match every ``KEY=VALUE[,VALUE...]`` filter (a run matches a filter when it
+    matches any of its values).
+
+    KEY is a grid axis (``dataset``, ``size``, ``algo``, ...), ``variant``, ``seed`` or ``cell``
+    (the cell id); VALUE may use shell wildcards (``dataset=hopper-*``) and numbers may be written
+    ``5k``/``1M``. Unknown keys and filters that leave nothing are errors, not silent no-ops.
+    """
+    if not only:
+        return runs
+    known = {key for run in runs for key in run.cell.axes} | set(SELECT_KEYS)
+    filters = []
+    for text in only:
+        key, sep, values = text.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise ExperimentError(f"--only '{text}': expected KEY=VALUE[,VALUE...], e.g. dataset=hopper-expert-v0")
+        if key not in known:
+            raise ExperimentError(f"--only '{text}': no key '{key}' in this sweep (keys: {', '.join(sorted(known))})")
+        filters.append((key, [v.strip() for v in values.split(",") if v.strip()]))
+    chosen = [run for run in runs if all(any(_matches(_run_value(run, key), pattern) for pattern in patterns)
+                                         for key, patterns in filters)]
+    if not chosen:
+        raise ExperimentError(f"--only {' '.join(only)}: matches none of the sweep's {_plural(len(runs), 'run')}")
+    return chosen
+
+
+def _run_value(run: SweepRun, key: str) -> Any:
+    return {"variant": run.cell.variant, "seed": run.seed, "cell": run.cell.id}[key] \
+        if key in SELECT_KEYS else run.cell.axes.get(key)
+
+
+def _matches(value: Any, pattern: str) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = pattern.lower().replace("_", "")
+        scale = {"k": 1_000, "m": 1_000_000}.get(number[-1:], 1)
+        try:
+            return float(number[:-1] if scale > 1 else number) * scale == value
+        except ValueError:
+            pass
+    return any(fnmatch.fnmatchcase(text, pattern) for text in {str(value), _format_value(value)})
+
+
 def estimate_seconds(runs: Iterable[SweepRun], cores: int = 2) -> float:
     """Rough wall time on an idle ``cores``-core CPU with one pinned process per core."""
     per_core = PINNED_TOTAL_GAIN / 2  # each of two pinned processes, relative to one process on both cores
@@ -387,6 +434,7 @@ def run_sweep(
     dry_run: bool = False,
     progress: bool = True,
     console=None,
+    only: Sequence[str] = (),
 ) -> SweepResult:
     """Run (or with ``dry_run`` list) every run of ``experiment`` under ``budget``.
 
@@ -395,6 +443,7 @@ def run_sweep(
     task per run (``num_cpus=1``) on the cluster at ``address`` ("auto" = an existing one), or on a
     local Ray instance started (and stopped) here when ``address`` is None and none is running.
     ``workers``: how many cores the local backend's process queue uses (default: all).
+    ``only``: run just the matching runs (see :func:`select`), e.g. ``["dataset=hopper-*", "seed=0"]``.
     """
     from ..console import wide_console
 
@@ -408,9 +457,9 @@ def run_sweep(
     experiment = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     runs = expand(experiment, budget, runs_dir)
     result = SweepResult(experiment.name, budget, Path(runs_dir))
-    states = [(run, *run_state(run)) for run in runs]
+    states = [(run, *run_state(run)) for run in select(runs, only)]
     if dry_run:
-        _print_plan(console, experiment, budget, states)
+        _print_plan(console, experiment, budget, states, _selected(runs, only))
         return result
 
     _write_manifest(experiment, budget, runs, Path(runs_dir))
@@ -425,7 +474,8 @@ def run_sweep(
             pending.append(run)
     b = experiment.budgets[budget]
     console.print(f"{experiment.name} ({experiment.paper}, budget {budget}: {b.steps:,} steps, "
-                  f"{_plural(len(b.seeds), 'seed')}): {_plural(len(runs), 'run')}, {len(result.skipped)} finished, "
+                  f"{_plural(len(b.seeds), 'seed')}): {_plural(len(states), 'run')}{_selected(runs, only)}, "
+                  f"{len(result.skipped)} finished, "
                   f"{len(pending)} to run on {backend}", markup=False, highlight=False)
     pending = _prepare_datasets(pending, result, experiment, console)
 
@@ -663,7 +713,12 @@ def _last_line(error: str) -> str:
     return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+(?::|$))", "", lines[-1].strip()) if lines else "failed"
 
 
-def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple[SweepRun, str, str]]) -> None:
+def _selected(runs: list[SweepRun], only: Sequence[str]) -> str:
+    return f" (of {len(runs)}, selected by --only {' '.join(only)})" if only else ""
+
+
+def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple[SweepRun, str, str]],
+                selected: str = "") -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -686,7 +741,7 @@ def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple
     counts = {s: sum(1 for _, state, _ in states if state == s) for s in (FRESH, RESUME, SKIP, CONFLICT)}
     b = experiment.budgets[budget]
     todo = [run for run, state, _ in states if state in (FRESH, RESUME)]
-    console.print(f"{_plural(len(states), 'run')} ({_plural(len(by_cell), 'cell')} x {_plural(len(b.seeds), 'seed')}, "
+    console.print(f"{_plural(len(states), 'run')}{selected} ({_plural(len(by_cell), 'cell')} x {_plural(len(b.seeds), 'seed')}, "
                   f"{b.steps:,} steps each): {counts[FRESH]} to run, {counts[RESUME]} to resume, "
                   f"{counts[SKIP]} finished, {counts[CONFLICT]} in conflict; about "
                   f"{format_duration(estimate_seconds(todo))} on an idle 2-core CPU", markup=False, highlight=False)
