@@ -311,6 +311,30 @@ def test_late_score_averages_the_last_fifth_of_training(built):
     assert "late_normalized_score.md" in index.read_text()
 
 
+def test_action_mse_table_hand_values(built):
+    from sparse_reg.experiments.report import Run, mse_summary, mse_tables
+
+    def run(seed, validation):
+        history = [{"step": 5000 * (i + 1), "train_mse": 0.1 / (i + 1), "validation_mse": v}
+                   for i, v in enumerate(validation)]
+        return Run(path=Path(f"s{seed}"), summary={}, tags={}, algo="bc", family="hopper", kind="expert", size=5000,
+                   steps=20_000, seed=seed, variant="dense", history=history, masks=[], section="expert")
+
+    a, b = run(0, [0.06, 0.05, 0.07, 0.09]), run(1, [0.04, 0.05, 0.06, 0.08])
+    assert mse_summary(a) == {"final_train_mse": pytest.approx(0.025), "final_validation_mse": 0.09,
+                              "lowest_validation_mse": 0.05, "lowest_at": 10_000}
+    assert mse_summary(run(2, [])) is None
+    row = mse_tables([a, b])["expert"].splitlines()[2].split(" | ")
+    # final validation 0.09, 0.08: mean 0.085, std 0.005; lowest 0.05 at 10k and 0.04 at 5k
+    assert row[1:] == ["BC", "Hopper", "dense", "0.0250 ± 0.0000", "0.0850 ± 0.0050", "0.0450 ± 0.0050", "10k, 5k |"]
+    assert mse_tables([a, b], algos=("iql",)) == {}
+    # the sweep fixture: BC rows only (mse_algos defaults to BC), linked from index.md
+    _, out, index = built
+    md = (out / "tables" / "action_mse.md").read_text()
+    assert "| 5k | BC | Hopper | sparse | 0.0250 ± 0.0000 | 0.1100 ± 0.0000 | 0.0800 ± 0.0000 | 5k, 5k, 5k |" in md
+    assert "IQL" not in md and "action_mse.md" in index.read_text()
+
+
 def test_export_keeps_results_drops_checkpoints_and_reports_the_same(built, tmp_path):
     from sparse_reg.cli import main
     from sparse_reg.experiments.export import export_runs

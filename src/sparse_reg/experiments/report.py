@@ -606,6 +606,50 @@ def variant_tables(runs: Sequence[Run], digits: int = 1) -> dict[str, dict[str, 
     return out
 
 
+def mse_summary(run: Run) -> dict | None:
+    """A run's action MSE: final training and validation MSE, and the lowest validation MSE and
+    the step it was reached at (where a rising validation MSE starts: the overfitting point)."""
+    rows = [(_as_float(h.get("step")), _as_float(h.get("train_mse")), _as_float(h.get("validation_mse")))
+            for h in run.history]
+    rows = [r for r in rows if np.isfinite(r[0]) and np.isfinite(r[1]) and np.isfinite(r[2])]
+    if not rows:
+        return None
+    lowest = min(rows, key=lambda r: r[2])  # the first step, on ties
+    return {"final_train_mse": rows[-1][1], "final_validation_mse": rows[-1][2],
+            "lowest_validation_mse": lowest[2], "lowest_at": int(lowest[0])}
+
+
+def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str, str]:
+    """Per section: one Markdown row per (size, algorithm, task, variant) of ``algos`` with the
+    mean ± std over seeds of the final training and validation action MSE and of the lowest
+    validation MSE, and the step of each seed's lowest (paper Figures 4, 8 and 9 as numbers)."""
+    cells = _cells([r for r in runs if r.algo in algos])
+    out = {}
+    for section in _ordered({key[0] for key in cells}, KIND_ORDER):
+        keys = sorted((k for k in cells if k[0] == section),
+                      key=lambda k: (k[2] is None, k[2] or 0, _algo_rank(k[1]), k[1], _family_rank(k[3]), k[3],
+                                     _variant_rank(k[4]), k[4]))
+        rows = []
+        for _, algo, size, family, variant in keys:
+            members = cells[(section, algo, size, family, variant)]
+            summaries = [m for m in map(mse_summary, members) if m is not None]
+            if not summaries:
+                continue
+
+            def stat(name: str) -> str:
+                mean, std, _ = mean_std(m[name] for m in summaries)
+                return f"{mean:.4f} ± {std:.4f}"
+
+            rows.append([_count_label(size), _algo_name(algo), _family_name(family), variant,
+                         stat("final_train_mse"), stat("final_validation_mse"), stat("lowest_validation_mse"),
+                         ", ".join(_count_label(m["lowest_at"]) for m in summaries)])
+        if rows:
+            out[section] = _markdown_table(["Size", "Algorithm", "Task", "Variant", "train MSE (final)",
+                                            "validation MSE (final)", "lowest validation MSE",
+                                            "lowest at (per seed)"], rows)
+    return out
+
+
 def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
     """IQM of final normalised scores with stratified-bootstrap 95% CIs.
 
@@ -718,6 +762,7 @@ def write_report(
     cells = _cells(runs)
 
     items = _table_items(runs, out_dir / "tables", paper)
+    items += _mse_table_items(runs, out_dir / "tables", mse_algos)
     estimates = iqm_estimates(runs, reps=reps, seed=seed)
     if estimates:
         items.append(_write_iqm_tables(estimates, out_dir / "tables", reps))
@@ -778,6 +823,20 @@ def _table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dic
                           "Final normalised score of every variant (mean ± std over seeds; best of a row in bold). "
                           "LaTeX: [variants.tex](tables/variants.tex).", inline=md))
     return items
+
+
+def _mse_table_items(runs: Sequence[Run], directory: Path, algos: Sequence[str]) -> list[Item]:
+    tables = mse_tables(runs, algos)
+    if not tables:
+        return []
+    md = "\n\n".join(f"### {section}\n\n{table}" for section, table in tables.items())
+    (directory / "action_mse.md").write_text(f"# Action MSE: training vs validation\n\n{md}\n")
+    return [Item("Tables", directory / "action_mse.md",
+                 "MSE between the policy's and the dataset's actions on the training set and on held-out "
+                 "validation episodes at the last evaluation, and the lowest validation MSE of the run, mean ± std "
+                 "(ddof=0) over seeds; 'lowest at': the step of each seed's lowest validation MSE. A low final "
+                 "training MSE with a validation MSE well above its lowest is overfitting (paper Figures 4, 8, 9).",
+                 inline=md)]
 
 
 @dataclass
