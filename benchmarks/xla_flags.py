@@ -36,15 +36,16 @@ CANDIDATES: dict[str, str] = {
 }
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the speed benchmark beside this file
+
+
 def machine_description() -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from speed import machine_description as describe
 
     return {**describe(), "xla_flags": "per candidate"}
 
 
 def child(algo: str, sparsity: float, steps: int, repeats: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from speed import updates_per_second  # same measurement as the speed benchmark
 
     print(json.dumps({"updates_per_s": updates_per_second(algo, sparsity, steps, repeats)}))

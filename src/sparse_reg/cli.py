@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 from .data.dataset import DatasetError
+from .provenance import parse_count
 
 
 def _int(text: str) -> int:
     """Integers with optional k/M suffix or underscores: 10k, 1M, 200_000."""
-    t = text.strip().lower().replace("_", "")
-    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
     try:
-        return int(float(t[:-1]) * scale) if scale > 1 else int(t)
+        return parse_count(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
 

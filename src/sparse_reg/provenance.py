@@ -50,3 +50,10 @@ def format_duration(seconds: float, decimals: int = 0) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.{decimals}f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def parse_count(text: str) -> int:
+    """Counts as people write them: ``10k``, ``1M``, ``200_000``, ``2.5k``; ValueError otherwise."""
+    t = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1]) * scale) if scale > 1 else int(t)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import tomllib
 
-from ..provenance import format_duration
+from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job
 
@@ -357,11 +357,9 @@ def _run_value(run: SweepRun, key: str) -> Any:
 
 def _matches(value: Any, pattern: str) -> bool:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = pattern.lower().replace("_", "")
-        scale = {"k": 1_000, "m": 1_000_000}.get(number[-1:], 1)
-        try:
-            return float(number[:-1] if scale > 1 else number) * scale == value
-        except ValueError:
+        try:  # sizes and steps as on the command line (5k); other numbers by value (1e-4 == 0.0001)
+            return (parse_count(pattern) if isinstance(value, int) else float(pattern)) == value
+        except ValueError:  # not a number: a wildcard, say
             pass
     return any(fnmatch.fnmatchcase(text, pattern) for text in {str(value), _format_value(value)})
 
