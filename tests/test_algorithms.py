@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparse_reg.algorithms import AWAC, BC, IQL, TD3BC, Batch
-from sparse_reg.algorithms.awac import AWACConfig
+from sparse_reg.algorithms import AWAC, AWAC_PAPER_CODE, BC, IQL, IQL_PAPER_CODE, TD3BC, Batch, get_algorithm
+from sparse_reg.algorithms.awac import AWACConfig, AWACPaperCodeConfig
 from sparse_reg.algorithms.bc import BCConfig
-from sparse_reg.algorithms.iql import IQLConfig
+from sparse_reg.algorithms.iql import IQLConfig, IQLPaperCodeConfig
 from sparse_reg.algorithms.td3bc import TD3BCConfig
 from sparse_reg.networks import NetworkConfig
 
@@ -234,8 +234,8 @@ def test_td3bc_actor_and_targets_update_only_every_policy_freq_steps():
 LOG_STD = np.array([-0.5, -0.3])
 
 
-def awac_state():
-    state = perturb_state(init(AWAC, AWACConfig(network=TINY)), ["actor", "critic"], seed=3)
+def awac_state(algorithm=AWAC, config_class=AWACConfig):
+    state = perturb_state(init(algorithm, config_class(network=TINY)), ["actor", "critic"], seed=3)
     return set_log_std(state, LOG_STD)
 
 
@@ -293,8 +293,8 @@ def test_awac_actor_loss_matches_numpy():
 # ----------------------------------------------------------------------------- IQL
 
 
-def iql_state(**overrides):
-    state = perturb_state(init(IQL, IQLConfig(network=TINY, **overrides)), ["actor", "critic", "value"], seed=4)
+def iql_state(algorithm=IQL, config_class=IQLConfig, **overrides):
+    state = perturb_state(init(algorithm, config_class(network=TINY, **overrides)), ["actor", "critic", "value"], seed=4)
     # Shift V's output bias so that u = min Q'(s, a) − V(s) has both signs (both expectile branches).
     q_t = twin_q_np(np_tree(state.critic.target), S, A).min(axis=0)
     v = mlp_np(np_tree(state.value.params)["MLP_0"], S)[:, 0]
@@ -356,6 +356,135 @@ def test_iql_actor_loss_matches_numpy():
     np.testing.assert_allclose(np.asarray(IQL.act(state, BATCH.observations)), mean, rtol=1e-5, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- paper-code variants
+# The released code (SaminYeasar/sparse_reg, algos.py) computes Q with shape (B, 1) and V or
+# log π with shape (B,); PyTorch broadcasts their products and differences to (B, B). The
+# expected values below are written with that broadcast, spelled out as NumPy does it.
+
+
+def iql_paper_state():
+    # xavier-normal weights, unsquashed mean; same perturbation and value shift as the IQL fixture
+    return iql_state(IQL_PAPER_CODE, IQLPaperCodeConfig)
+
+
+def test_paper_code_variants_are_registered_and_the_plain_algorithms_stay_correct():
+    assert get_algorithm("iql-paper-code") is IQL_PAPER_CODE and get_algorithm("awac-paper-code") is AWAC_PAPER_CODE
+    assert not IQLConfig().paper_code_broadcast and not AWACConfig().paper_code_broadcast
+    paper_iql, paper_awac = IQLPaperCodeConfig(), AWACPaperCodeConfig()
+    assert paper_iql.paper_code_broadcast and not paper_iql.tanh_mean and paper_iql.weight_init == "xavier_normal"
+    assert paper_iql.actor_lr_decay_steps == 1_000_000
+    assert paper_awac.paper_code_broadcast and not paper_awac.clip_sampled_actions
+    assert paper_awac.weight_init == "xavier_normal" and paper_awac.actor_lr_decay_steps == 1_000_000
+
+
+def test_iql_paper_code_value_loss_is_the_batch_broadcast():
+    # u_ij = Q_i − V(s_j) (Q: (B, 1), V: (B,));  L_V = mean_ij |τ − 1(u_ij < 0)| u_ij²
+    state = iql_paper_state()
+    tau = state.config.expectile
+    q_t = twin_q_np(np_tree(state.critic.target), S, A).min(axis=0)
+    v = mlp_np(np_tree(state.value.params)["MLP_0"], S)[:, 0]
+    u = q_t.reshape(-1, 1) - v  # the released code's shapes, broadcast by NumPy as by PyTorch
+    assert u.shape == (5, 5)
+    expected = np.mean(np.where(u < 0, 1 - tau, tau) * u**2)
+    loss, _ = IQL_PAPER_CODE.losses["value"](state, BATCH, jax.random.PRNGKey(0))
+    assert_close(loss, expected)
+    # It is not the correct IQL loss on the same parameters.
+    correct, _ = IQL.losses["value"](state.replace(config=IQLConfig(network=TINY)), BATCH, jax.random.PRNGKey(0))
+    assert abs(float(correct) - expected) > 1e-3
+
+
+def test_iql_paper_code_actor_weights_ignore_each_samples_own_advantage():
+    # L_π = mean_ij min(exp(β (Q_i − V_j)), w_max) · (−log π(a_j|s_j)), unsquashed mean
+    state = iql_paper_state()
+    c = state.config
+    q_t = twin_q_np(np_tree(state.critic.target), S, A).min(axis=0)
+    v = mlp_np(np_tree(state.value.params)["MLP_0"], S)[:, 0]
+    raw = np.exp(c.beta * (q_t.reshape(-1, 1) - v))
+    cap = float(np.median(raw))
+    state = state.replace(config=dataclasses.replace(c, exp_adv_max=cap))
+    assert np.any(raw > cap) and np.any(raw < cap)
+    actor = np_tree(state.actor.params)
+    mean = mlp_np(actor["MLP_0"], S)  # no tanh
+    log_std = np.clip(actor["log_std"], -20.0, 2.0)
+    bc_losses = -gaussian_log_prob_np(mean, log_std, A)
+    expected = np.mean(np.minimum(raw, cap) * bc_losses)  # (5, 5) * (5,)
+    loss, metrics = IQL_PAPER_CODE.losses["actor"](state, BATCH, jax.random.PRNGKey(0))
+    assert_close(loss, expected)
+    assert_close(metrics["adv_weight_mean"], np.minimum(raw, cap).mean())
+    # The same thing as a per-sample weight: w̄_j = mean_i min(exp(β (Q_i − V_j)), w_max).
+    assert_close(loss, np.mean(np.minimum(raw, cap).mean(axis=0) * bc_losses))
+    np.testing.assert_allclose(np.asarray(IQL_PAPER_CODE.act(state, BATCH.observations)), np.clip(mean, -1, 1),
+                               rtol=1e-5, atol=1e-6)
+    # The critic loss has matching shapes in the released code: identical to ours.
+    ours, _ = IQL.losses["critic"](state.replace(config=IQLConfig(network=TINY)), BATCH, jax.random.PRNGKey(0))
+    paper, _ = IQL_PAPER_CODE.losses["critic"](state, BATCH, jax.random.PRNGKey(0))
+    assert float(ours) == float(paper)
+
+
+def awac_paper_state():
+    return awac_state(AWAC_PAPER_CODE, AWACPaperCodeConfig)
+
+
+def test_awac_paper_code_actor_loss_is_mean_weight_times_mean_log_prob():
+    # weights (B, 1) · log π (B,) -> (B, B):  L_π = −mean_i w_i · mean_j log π(a_j|s_j); samples unclipped
+    state = awac_paper_state()
+    c = state.config
+    key = jax.random.PRNGKey(12)
+    eps = np.asarray(jax.random.normal(jax.random.split(key)[0], (5, ACTION_DIM)), np.float64)
+    actor, critic = np_tree(state.actor.params), np_tree(state.critic.params)
+    mean = mlp_np(actor["MLP_0"], S)
+    policy_action = mean + np.exp(actor["log_std"]) * eps  # not clipped
+    assert np.any(np.abs(policy_action) > 1.0)
+    adv = twin_q_np(critic, S, A).min(axis=0) - twin_q_np(critic, S, policy_action).min(axis=0)
+    w = np.minimum(np.exp(adv / c.awac_lambda), c.exp_adv_max).reshape(-1, 1)
+    log_prob = gaussian_log_prob_np(mean, actor["log_std"], A)
+    expected = -np.mean(w * log_prob)
+    assert_close(expected, -w.mean() * log_prob.mean())
+    loss, _ = AWAC_PAPER_CODE.losses["actor"](state, BATCH, key)
+    assert_close(loss, expected)
+
+
+def test_awac_paper_code_critic_loss_averages_the_heads_and_samples_unclipped():
+    # a' = μ(s') + σ ε (no clip);  y = r + γ (1 − d) min_i Q'_i(s', a');  L = ½ Σ_i mean (Q_i − y)²
+    state = awac_paper_state()
+    c = state.config
+    key = jax.random.PRNGKey(11)
+    eps = np.asarray(jax.random.normal(jax.random.split(key)[0], (5, ACTION_DIM)), np.float64)
+    actor = np_tree(state.actor.params)
+    next_action = mlp_np(actor["MLP_0"], S2) + np.exp(actor["log_std"]) * eps
+    assert np.any(np.abs(next_action) > 1.0)
+    y = R + c.discount * (1 - D) * twin_q_np(np_tree(state.critic.target), S2, next_action).min(axis=0)
+    q = twin_q_np(np_tree(state.critic.params), S, A)
+    expected = 0.5 * np.sum(np.mean((q - y) ** 2, axis=1))
+    loss, _ = AWAC_PAPER_CODE.losses["critic"](state, BATCH, key)
+    assert_close(loss, expected)
+
+
+def test_xavier_normal_initialisation_has_torchs_variance():
+    # torch.nn.init.xavier_normal_: N(0, 2 / (fan_in + fan_out)), untruncated; biases zero.
+    config = IQLConfig(network=NetworkConfig(hidden_dims=(256, 256)), weight_init="xavier_normal")
+    state = init(IQL, config, seed=3)
+    kernel = np.asarray(state.value.params["MLP_0"]["Dense_1"]["kernel"])  # 256 x 256
+    assert abs(kernel.std() - np.sqrt(2 / 512)) < 0.02 * np.sqrt(2 / 512)
+    assert np.abs(kernel).max() > 2.5 * np.sqrt(2 / 512)  # a truncated normal would stop at 2 std
+    lecun = np.asarray(init(IQL, IQLConfig(network=NetworkConfig(hidden_dims=(256, 256))), seed=3)
+                       .value.params["MLP_0"]["Dense_1"]["kernel"])
+    assert abs(lecun.std() - np.sqrt(1 / 256)) < 0.02 * np.sqrt(1 / 256)
+    with pytest.raises(ValueError, match="weight_init"):
+        IQLConfig(weight_init="orthogonal")
+
+
+def test_awac_actor_learning_rate_is_constant_unless_a_horizon_is_set():
+    for decay_steps, moves in ((None, True), (0, False), (1_000_000, True)):
+        config = AWACConfig(network=TINY, actor_lr_decay_steps=decay_steps)
+        state = perturb_state(init(AWAC, config, total_steps=3), ["actor", "critic"], seed=5)
+        update = jax.jit(AWAC.update)
+        for _ in range(3):
+            state, _ = update(state, BATCH)
+        new, _ = update(state, BATCH)
+        assert (not tree_equal(new.actor.params, state.actor.params)) == moves, decay_steps
+
+
 # ----------------------------------------------------------------------------- update
 
 
@@ -377,6 +506,8 @@ ALGOS = [
     (TD3BC, TD3BCConfig(network=TINY), ["actor", "critic"]),
     (AWAC, AWACConfig(network=TINY), ["actor", "critic"]),
     (IQL, IQLConfig(network=TINY), ["actor", "critic", "value"]),
+    (AWAC_PAPER_CODE, AWACPaperCodeConfig(network=TINY), ["actor", "critic"]),
+    (IQL_PAPER_CODE, IQLPaperCodeConfig(network=TINY), ["actor", "critic", "value"]),
 ]
 
 

@@ -30,7 +30,8 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="iql", help="bc, td3bc, awac or iql (default: iql)")
+    p.add_argument("--algo", default="iql", help="bc, td3bc, awac, iql, awac-paper-code or iql-paper-code (default: "
+                   "iql); the *-paper-code variants compute what the paper's released code computes (docs/experiments.md)")
     p.add_argument("--dataset", default="halfcheetah-expert-v0", help="project dataset name, Minari id, .hdf5 or .npz path")
     p.add_argument("--env", default=None, help="gymnasium id, if the dataset does not name it")
     p.add_argument("--size", type=_int, default=10_000, help="training transitions (default 10k; 0 = all)")
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a paper experiment's grid of runs (skips finished runs, resumes others)")
     p.add_argument("config", help="packaged experiment name (see 'experiments list') or a .toml path")
-    p.add_argument("--budget", choices=["quick", "paper"], default="quick")
+    p.add_argument("--budget", default="quick",
+                   help="a [budgets.<name>] of the config: quick, paper, or another it defines (e.g. table1's long)")
     add_sweep_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each")
     p.set_defaults(func=cmd_sweep)
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="sweep a paper experiment, then write its report")
     p.add_argument("name", help="packaged experiment name or a .toml path")
-    p.add_argument("--budget", choices=["quick", "paper"], required=True)
+    p.add_argument("--budget", required=True, help="a [budgets.<name>] of the config: quick, paper, or another it defines")
     add_sweep_arguments(p)
     p.add_argument("--report-dir", default=None, help="default: reports/<budget>/<experiment>")
     p.set_defaults(func=cmd_reproduce)

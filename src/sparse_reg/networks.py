@@ -26,12 +26,28 @@ class NetworkConfig:
     layer_norm: LayerNorm after every hidden layer's linear map (not the output).
     spectral_norm: spectral normalisation of the penultimate linear layer
         (the last hidden layer), as Miyato et al. recommend.
+    kernel_init: initialisation of every weight matrix, a name in ``KERNEL_INITS``:
+        "lecun_normal" (Flax's default) or "xavier_normal" (PyTorch's ``xavier_normal_``,
+        which the paper's code uses for its IQL and AWAC networks). Biases start at zero.
     """
 
     hidden_dims: tuple[int, ...] = (256, 256)
     dropout: float = 0.0
     layer_norm: bool = False
     spectral_norm: bool = False
+    kernel_init: str = "lecun_normal"
+
+    def __post_init__(self):
+        if self.kernel_init not in KERNEL_INITS:
+            raise ValueError(f"unknown weight initialisation '{self.kernel_init}': choose one of {', '.join(KERNEL_INITS)}")
+
+
+# Names users pick from. xavier_normal is an untruncated normal with variance 2 / (fan_in + fan_out),
+# exactly torch.nn.init.xavier_normal_; Flax's own glorot_normal truncates.
+KERNEL_INITS = {
+    "lecun_normal": nn.initializers.lecun_normal(),
+    "xavier_normal": nn.initializers.variance_scaling(1.0, "fan_avg", "normal"),
+}
 
 
 class SpectralDense(nn.Module):
@@ -44,10 +60,11 @@ class SpectralDense(nn.Module):
 
     features: int
     power_iterations: int = 10
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        kernel = self.param("kernel", KERNEL_INITS[self.kernel_init], (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         sigma = spectral_norm_estimate(kernel, self.power_iterations)
         return x @ (kernel / sigma) + bias
@@ -73,22 +90,27 @@ class MLP(nn.Module):
     dropout: float = 0.0
     layer_norm: bool = False
     spectral_norm: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        init = KERNEL_INITS[self.kernel_init]
         for i, width in enumerate(self.hidden_dims):
             penultimate = i == len(self.hidden_dims) - 1
-            x = SpectralDense(width)(x) if (self.spectral_norm and penultimate) else nn.Dense(width)(x)
+            if self.spectral_norm and penultimate:
+                x = SpectralDense(width, kernel_init=self.kernel_init)(x)
+            else:
+                x = nn.Dense(width, kernel_init=init)(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = nn.relu(x)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.output_dim)(x)
+        return nn.Dense(self.output_dim, kernel_init=init)(x)
 
 
 def _mlp(config: NetworkConfig, output_dim: int) -> MLP:
-    return MLP(config.hidden_dims, output_dim, config.dropout, config.layer_norm, config.spectral_norm)
+    return MLP(config.hidden_dims, output_dim, config.dropout, config.layer_norm, config.spectral_norm, config.kernel_init)
 
 
 class DeterministicActor(nn.Module):
@@ -161,4 +183,4 @@ class TwinQ(nn.Module):
         )
         c = self.config
         x = jnp.concatenate([obs, action], axis=-1)
-        return ensemble(c.hidden_dims, 1, c.dropout, c.layer_norm, c.spectral_norm)(x, train).squeeze(-1)
+        return ensemble(c.hidden_dims, 1, c.dropout, c.layer_norm, c.spectral_norm, c.kernel_init)(x, train).squeeze(-1)

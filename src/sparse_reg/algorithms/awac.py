@@ -7,19 +7,31 @@ Actor, advantage-weighted regression with A = min_i Q_i(s, a) − min_i Q_i(s, a
     w = min(exp(A / λ), w_max)         (no gradient through w)
     L_actor = −mean w · log π(a|s)
 The Gaussian actor's mean is unsquashed; sampled actions are clipped to [−1, 1]; the
-target critic tracks the critic at rate τ every step.
+target critic tracks the critic at rate τ every step. The actor's learning rate is constant
+unless ``actor_lr_decay_steps`` sets a cosine horizon (0: the run's length).
+
+``awac-paper-code`` (:data:`AWAC_PAPER_CODE`) is the AWAC that the Sparse-Reg paper's released
+code (SaminYeasar/sparse_reg, ``algos.py``) actually computes. There the weights are built from
+Q values of shape (B, 1) while ``log_prob`` of its MultivariateNormal has shape (B,), so
+``weights * bc_losses`` is a B×B matrix and
+    L_actor = −mean_ij w_i · log π(a_j|s_j) = −mean_i w_i · mean_j log π(a_j|s_j):
+uniform weighting, i.e. Gaussian behaviour cloning with a loss scale that changes every
+batch. Its critic loss is the mean of the two heads' errors, (L_1 + L_2) / 2, instead of the
+sum. The variant also takes the released code's other choices: unclipped sampled actions,
+xavier-normal weights and a 1M-step cosine horizon for the actor's learning rate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
-from ..networks import GaussianActor, NetworkConfig, TwinQ, gaussian_log_prob
+from ..networks import KERNEL_INITS, GaussianActor, NetworkConfig, TwinQ, gaussian_log_prob
 from .base import Algorithm, Batch, Regularization, make_optimizer
 
 
@@ -32,8 +44,28 @@ class AWACConfig:
     tau: float = 5e-3
     awac_lambda: float = 1.0 / 3.0
     exp_adv_max: float = 100.0
+    actor_lr_decay_steps: int | None = None  # cosine horizon of the actor's LR; None = constant, 0 = the run's length
+    clip_sampled_actions: bool = True  # clip a ~ π to [-1, 1] (CORL); the paper's code does not
+    weight_init: str = "lecun_normal"  # or "xavier_normal", as the paper's code (networks.KERNEL_INITS)
+    paper_code_broadcast: bool = False  # the released code's mean(w)·mean(log π) actor loss (module docstring)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
+
+    def __post_init__(self):
+        if self.actor_lr_decay_steps is not None and self.actor_lr_decay_steps < 0:
+            raise ValueError(f"actor_lr_decay_steps must be >= 0 or None, got {self.actor_lr_decay_steps}")
+        if self.weight_init not in KERNEL_INITS:
+            raise ValueError(f"unknown weight_init '{self.weight_init}': choose one of {', '.join(KERNEL_INITS)}")
+
+
+@dataclass(frozen=True)
+class AWACPaperCodeConfig(AWACConfig):
+    """Defaults of the paper's released AWAC (see the module docstring); each can be overridden."""
+
+    actor_lr_decay_steps: int | None = 1_000_000
+    clip_sampled_actions: bool = False
+    weight_init: str = "xavier_normal"
+    paper_code_broadcast: bool = True
 
 
 class AWACState(struct.PyTreeNode):
@@ -48,21 +80,23 @@ def init(config: AWACConfig, obs_dim: int, action_dim: int, key: jax.Array, tota
     key, actor_key, critic_key = jax.random.split(key, 3)
     obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
     reg = config.regularization
+    network = replace(config.network, kernel_init=config.weight_init)
+    actor_lr = config.actor_learning_rate
+    if config.actor_lr_decay_steps is not None:
+        actor_lr = optax.cosine_decay_schedule(actor_lr, max(config.actor_lr_decay_steps or total_steps, 1))
     actor = MaskedNet.create(
-        GaussianActor(config.network, action_dim, tanh_mean=False),
-        actor_key,
-        (obs,),
-        make_optimizer(config.actor_learning_rate, reg),
+        GaussianActor(network, action_dim, tanh_mean=False), actor_key, (obs,), make_optimizer(actor_lr, reg)
     )
     critic = MaskedNet.create(
-        TwinQ(config.network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
+        TwinQ(network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
     )
     return AWACState(actor=actor, critic=critic, rng=key, step=jnp.zeros((), jnp.int32), config=config)
 
 
 def sample_action(state: AWACState, observations: jax.Array, key: jax.Array) -> jax.Array:
     mean, log_std = state.actor(observations)
-    return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape), -1.0, 1.0)
+    action = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    return jnp.clip(action, -1.0, 1.0) if state.config.clip_sampled_actions else action
 
 
 def critic_loss(state: AWACState, batch: Batch, key: jax.Array):
@@ -72,7 +106,8 @@ def critic_loss(state: AWACState, batch: Batch, key: jax.Array):
     next_q = jnp.min(state.critic.target_call(batch.next_observations, next_action), axis=0)
     target = jax.lax.stop_gradient(batch.rewards + c.discount * (1.0 - batch.dones) * next_q)
     q = state.critic(batch.observations, batch.actions, dropout_key=dropout_key)
-    loss = jnp.sum(jnp.mean((q - target) ** 2, axis=1))
+    per_head = jnp.mean((q - target) ** 2, axis=1)
+    loss = jnp.mean(per_head) if c.paper_code_broadcast else jnp.sum(per_head)
     return loss, {"critic_loss": loss, "q_mean": jnp.mean(q)}
 
 
@@ -85,7 +120,10 @@ def actor_loss(state: AWACState, batch: Batch, key: jax.Array):
     weights = jax.lax.stop_gradient(jnp.minimum(jnp.exp((q - value) / c.awac_lambda), c.exp_adv_max))
     mean, log_std = state.actor(batch.observations, dropout_key=dropout_key)
     log_prob = gaussian_log_prob(mean, log_std, batch.actions)
-    loss = -jnp.mean(weights * log_prob)
+    if c.paper_code_broadcast:  # the released code's (B, 1) * (B,) -> (B, B)
+        loss = -jnp.mean(weights[:, None] * log_prob[None, :])
+    else:
+        loss = -jnp.mean(weights * log_prob)
     return loss, {"actor_loss": loss, "adv_weight_mean": jnp.mean(weights)}
 
 
@@ -107,4 +145,6 @@ def act(state: AWACState, observations: jax.Array) -> jax.Array:
     return jnp.clip(state.actor(observations)[0], -1.0, 1.0)
 
 
-AWAC = Algorithm("awac", AWACConfig, init, update, act, losses={"actor": actor_loss, "critic": critic_loss})
+LOSSES = {"actor": actor_loss, "critic": critic_loss}
+AWAC = Algorithm("awac", AWACConfig, init, update, act, losses=LOSSES)
+AWAC_PAPER_CODE = Algorithm("awac-paper-code", AWACPaperCodeConfig, init, update, act, losses=LOSSES)

@@ -10,11 +10,24 @@ with a cosine schedule over ``actor_lr_decay_steps`` (0: the whole run, as in CO
 paper's code decays over 1M steps whatever the run's length, so a shortened run that should
 keep the paper's learning rate sets it to 1_000_000); the policy is a Gaussian with a tanh
 mean, evaluated at its mean.
+
+``iql-paper-code`` (:data:`IQL_PAPER_CODE`) is the IQL that the Sparse-Reg paper's released
+code (SaminYeasar/sparse_reg, ``algos.py``) actually computes. There ``TwinQ.forward`` returns
+Q of shape (B, 1) while ``ValueFunction`` squeezes V to (B,), so ``adv = target_q − v`` is
+the B×B matrix u_ij = Q_i − V(s_j):
+    L_value  = mean_ij |τ − 1(u_ij < 0)| · u_ij²      V(s_j) is fitted to the τ-expectile of
+                                                      the *whole batch's* Q values
+    L_actor  = −mean_ij min(exp(β u_ij), w_max) · log π(a_j|s_j)
+             = −mean_j w̄_j · log π(a_j|s_j),   w̄_j = mean_i min(exp(β (Q_i − V(s_j))), w_max)
+so a sample's own advantage never reaches its weight: the actor is close to behaviour
+cloning. The critic loss has matching shapes there and is the same as ours. The variant also
+takes the released code's other choices: an unsquashed Gaussian mean, xavier-normal weights
+and a 1M-step cosine horizon for the actor's learning rate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +35,7 @@ import optax
 from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
-from ..networks import GaussianActor, NetworkConfig, StateValue, TwinQ, gaussian_log_prob
+from ..networks import KERNEL_INITS, GaussianActor, NetworkConfig, StateValue, TwinQ, gaussian_log_prob
 from .base import Algorithm, Batch, Regularization, make_optimizer
 
 
@@ -38,12 +51,27 @@ class IQLConfig:
     beta: float = 3.0
     exp_adv_max: float = 100.0
     actor_lr_decay_steps: int = 0  # cosine horizon of the actor's learning rate; 0 = the run's length
+    tanh_mean: bool = True  # squash the policy's mean into [-1, 1] (CORL); the paper's code does not
+    weight_init: str = "lecun_normal"  # or "xavier_normal", as the paper's code (networks.KERNEL_INITS)
+    paper_code_broadcast: bool = False  # the released code's B×B value and actor losses (module docstring)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
 
     def __post_init__(self):
         if self.actor_lr_decay_steps < 0:
             raise ValueError(f"actor_lr_decay_steps must be >= 0 (0 = the run's length), got {self.actor_lr_decay_steps}")
+        if self.weight_init not in KERNEL_INITS:
+            raise ValueError(f"unknown weight_init '{self.weight_init}': choose one of {', '.join(KERNEL_INITS)}")
+
+
+@dataclass(frozen=True)
+class IQLPaperCodeConfig(IQLConfig):
+    """Defaults of the paper's released IQL (see the module docstring); each can be overridden."""
+
+    actor_lr_decay_steps: int = 1_000_000
+    tanh_mean: bool = False
+    weight_init: str = "xavier_normal"
+    paper_code_broadcast: bool = True
 
 
 class IQLState(struct.PyTreeNode):
@@ -59,21 +87,27 @@ def init(config: IQLConfig, obs_dim: int, action_dim: int, key: jax.Array, total
     key, actor_key, critic_key, value_key = jax.random.split(key, 4)
     obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
     reg = config.regularization
+    network = replace(config.network, kernel_init=config.weight_init)
     decay_steps = config.actor_lr_decay_steps or total_steps
     actor_schedule = optax.cosine_decay_schedule(config.actor_learning_rate, max(decay_steps, 1))
     actor = MaskedNet.create(
-        GaussianActor(config.network, action_dim, tanh_mean=True), actor_key, (obs,), make_optimizer(actor_schedule, reg)
+        GaussianActor(network, action_dim, tanh_mean=config.tanh_mean), actor_key, (obs,), make_optimizer(actor_schedule, reg)
     )
     critic = MaskedNet.create(
-        TwinQ(config.network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
+        TwinQ(network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
     )
-    value = MaskedNet.create(StateValue(config.network), value_key, (obs,), make_optimizer(config.value_learning_rate, reg))
+    value = MaskedNet.create(StateValue(network), value_key, (obs,), make_optimizer(config.value_learning_rate, reg))
     return IQLState(actor=actor, critic=critic, value=value, rng=key, step=jnp.zeros((), jnp.int32), config=config)
 
 
 def advantage(state: IQLState, batch: Batch, key: jax.Array | None = None) -> jax.Array:
-    target_q = jnp.min(state.critic.target_call(batch.observations, batch.actions), axis=0)
-    return jax.lax.stop_gradient(target_q) - state.value(batch.observations, dropout_key=key)
+    """u = min_i Q'_i(s, a) − V(s), shape (B,); (B, B) with u[i, j] = Q_i − V_j for the paper-code
+    variant, which is what the released code's (B, 1) − (B,) broadcast computes."""
+    target_q = jax.lax.stop_gradient(jnp.min(state.critic.target_call(batch.observations, batch.actions), axis=0))
+    v = state.value(batch.observations, dropout_key=key)
+    if state.config.paper_code_broadcast:
+        return target_q[:, None] - v[None, :]
+    return target_q - v
 
 
 def value_loss(state: IQLState, batch: Batch, key: jax.Array):
@@ -95,9 +129,10 @@ def critic_loss(state: IQLState, batch: Batch, key: jax.Array):
 def actor_loss(state: IQLState, batch: Batch, key: jax.Array):
     c = state.config
     u = jax.lax.stop_gradient(advantage(state, batch))
-    weights = jnp.minimum(jnp.exp(c.beta * u), c.exp_adv_max)
+    weights = jnp.minimum(jnp.exp(c.beta * u), c.exp_adv_max)  # (B,), or (B, B) for the paper code
     mean, log_std = state.actor(batch.observations, dropout_key=key)
-    loss = -jnp.mean(weights * gaussian_log_prob(mean, log_std, batch.actions))
+    log_prob = gaussian_log_prob(mean, log_std, batch.actions)  # (B,): broadcasts along the last axis
+    loss = -jnp.mean(weights * log_prob)
     return loss, {"actor_loss": loss, "adv_weight_mean": jnp.mean(weights)}
 
 
@@ -117,9 +152,10 @@ def update(state: IQLState, batch: Batch) -> tuple[IQLState, dict]:
 
 
 def act(state: IQLState, observations: jax.Array) -> jax.Array:
-    return state.actor(observations)[0]
+    # A no-op with a tanh mean; the paper code's unsquashed mean is clipped as the environment would.
+    return jnp.clip(state.actor(observations)[0], -1.0, 1.0)
 
 
-IQL = Algorithm(
-    "iql", IQLConfig, init, update, act, losses={"actor": actor_loss, "critic": critic_loss, "value": value_loss}
-)
+LOSSES = {"actor": actor_loss, "critic": critic_loss, "value": value_loss}
+IQL = Algorithm("iql", IQLConfig, init, update, act, losses=LOSSES)
+IQL_PAPER_CODE = Algorithm("iql-paper-code", IQLPaperCodeConfig, init, update, act, losses=LOSSES)

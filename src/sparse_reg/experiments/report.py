@@ -63,7 +63,10 @@ TAGS_FILE = "tags.json"
 PAPER_CSV = Path(__file__).with_name("paper_tables.csv")
 INDEX_FILE = "index.md"
 
-ALGO_NAMES = {"bc": "BC", "td3bc": "TD3+BC", "awac": "AWAC", "iql": "IQL"}
+ALGO_NAMES = {"bc": "BC", "td3bc": "TD3+BC", "awac": "AWAC", "iql": "IQL",
+              "awac-paper-code": "AWAC (paper code)", "iql-paper-code": "IQL (paper code)"}
+# The paper's numbers were made by its released code: they sit beside both variants.
+PAPER_ALGO = {"awac-paper-code": "awac", "iql-paper-code": "iql"}
 FAMILY_NAMES = {"halfcheetah": "HalfCheetah", "hopper": "Hopper", "walker2d": "Walker2d"}
 KIND_ORDER = ("expert", "medium", "medium-replay", "expert-replay")
 DENSE, SPARSE = "dense", "sparse"
@@ -543,7 +546,7 @@ def comparison_tables(
                 tex_rows.append([size_text, _latex_escape(_algo_name(algo)), *tex])
                 first = False
                 if metric == "final_score" and paper:
-                    entries = [paper.get((kind, size, algo, family)) for family in families]
+                    entries = [paper.get((kind, size, PAPER_ALGO.get(algo, algo), family)) for family in families]
                     if any(entries):
                         md_p, tex_p = [], []
                         for e in entries:
