@@ -30,7 +30,7 @@ from sparse_reg.training.config import RunConfig
 # cells per packaged config, and seeds per budget (quick, paper)
 EXPECTED_CELLS = {
     "figure1": 24, "figure2": 28, "figure3": 48, "figure4": 49, "figure5": 3, "figure6": 12,
-    "table1": 36, "table2": 8, "table3": 20, "table4": 72, "table5": 16,
+    "table1": 36, "table2": 8, "table3": 20, "table4": 72, "table5": 16, "table1-paper-code": 24,
 }
 QUICK_SEEDS = {"figure4": 2}
 
@@ -61,6 +61,15 @@ def test_packaged_config_expands(name, budget, tmp_path):
         assert b.eval_episodes == 10 and not b.base
     else:
         assert b.cuts and b.steps < 1_000_000
+
+
+def test_table1_long_budget_selects_the_value_based_cells_at_5k(tmp_path):
+    # 300k steps, masks every 5k during the first 20% (as 200k of 1M), 3 seeds; meant for a subset.
+    runs = select(expand(load_experiment("table1"), "long", tmp_path), ["size=5k", "algo=iql"])
+    assert len(runs) == 3 * 2 * 3
+    for run in runs:
+        c = run.job.config
+        assert (c.algo, c.size, c.steps, c.mask_interval, c.mask_until) == ("iql", 5000, 300_000, 5_000, 60_000)
 
 
 def test_cell_ids_are_readable_and_unique_across_configs():

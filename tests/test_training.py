@@ -81,7 +81,7 @@ def test_dense_run_has_no_masks(tmp_path, hopper_random):
     assert not (tmp_path / "run" / "masks.csv").exists()
 
 
-@pytest.mark.parametrize("algo", ["bc", "td3bc", "awac"])
+@pytest.mark.parametrize("algo", ["bc", "td3bc", "awac", "awac-paper-code", "iql-paper-code"])
 def test_every_algorithm_runs_sparse_through_the_trainer(tmp_path, hopper_random, algo):
     summary = train(small_config(algo=algo, sparsity="auto", steps=200), tmp_path / "run", dataset=hopper_random,
                     progress=False)
