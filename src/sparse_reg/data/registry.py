@@ -129,7 +129,7 @@ def dataset_path(name: str, root: Path | None = None) -> Path:
     return (root or data_dir()) / name
 
 
-def _is_built(path: Path) -> bool:
+def is_built(path: Path) -> bool:
     # The directory only ever appears by an atomic rename of a complete build.
     return (path / "data" / "metadata.json").is_file()
 
@@ -243,7 +243,7 @@ def status(root: Path | None = None, policies: Path | None = None) -> list[Datas
         family, kind = parse_name(name)
         path = dataset_path(name, root)
         can_build = shipped[family] is not None and shipped[family].can_build(kind)
-        rows.append(DatasetStatus(name, _is_built(path), can_build, path))
+        rows.append(DatasetStatus(name, is_built(path), can_build, path))
     return rows
 
 
@@ -279,7 +279,7 @@ def make(
     family, kind = parse_name(name)
     path = dataset_path(name, root)
     shipped = ShippedPolicies.find(family, policies)
-    if _is_built(path) and not force:
+    if is_built(path) and not force:
         if shipped is None or shipped.is_source_of(read_record(path), kind):
             _check_matches(path, name, seed, size)
             return path
@@ -618,7 +618,7 @@ def _write_atomically(path: Path, dataset: Dataset, record: dict, reference: Ref
         try:
             os.replace(built, path)
         except OSError:
-            if not _is_built(path):
+            if not is_built(path):
                 raise
             # Another process finished the same dataset first; keep theirs.
     finally:
@@ -684,74 +684,3 @@ def load(name: str, **make_kwargs) -> Dataset:
     """The dataset ``name``, building it first (with a progress bar) if it is not built yet."""
     path = make(name, **make_kwargs)
     return read_built(path, name)
-
-
-# --------------------------------------------------------------------------- CLI helpers
-
-
-def datasets_list_command(root: Path | None = None, policies: Path | None = None) -> None:
-    """Print a table of the project's datasets: state, size, reference scores (ours and D4RL)."""
-    from rich.table import Table
-
-    table = Table(title=f"sparse-reg datasets (in {root or data_dir()})")
-    for column in ("name", "env", "status", "transitions", "random ref", "expert ref", "D4RL random", "D4RL expert"):
-        table.add_column(
-            column,
-            justify="right" if "ref" in column or "D4RL" in column or column == "transitions" else "left",
-            no_wrap=column == "name",
-        )
-    for row in status(root, policies):
-        family, _ = parse_name(row.name)
-        d4rl = D4RL_REFERENCE_SCORES[family]
-        transitions = random_ref = expert_ref = ""
-        if row.built:
-            state = "[green]built[/green]"
-            record = read_record(row.path)
-            minari_info = record.get("minari", {})
-            transitions = f"{record.get('size', minari_info.get('total_steps')) or 0:,}"
-            ref = record.get("reference", {})
-            random_ref = _fmt(ref.get("random", minari_info.get("ref_min_score")))
-            expert_ref = _fmt(ref.get("expert", minari_info.get("ref_max_score")))
-        elif row.can_build:
-            state = "not built (can build)"
-        else:
-            state = "[dim]cannot build (no shipped policy)[/dim]"
-        table.add_row(
-            row.name, GYMNASIUM_ENV_FOR_FAMILY[family], state, transitions, random_ref, expert_ref,
-            _fmt(d4rl.random), _fmt(d4rl.expert),
-        )  # fmt: skip
-    from ..console import wide_console
-
-    wide_console().print(table)
-
-
-def datasets_make_command(
-    name: str, seed: int | None = None, size: int | None = None, force: bool = False, from_buffer: bool = False
-) -> list[Path]:
-    """Build ``name`` (or every buildable dataset for ``"all"``) and print where each one is."""
-    from ..console import wide_console
-
-    console = wide_console()
-    if name == "all":
-        names = [row.name for row in status() if row.can_build]
-        if not names:
-            raise DatasetError("no dataset can be built: no behaviour policy is shipped yet")
-    else:
-        names = [name]
-    paths = []
-    for each in names:
-        was_built = _is_built(dataset_path(each))
-        path = make(each, seed=seed, size=size, force=force, from_buffer=from_buffer)
-        record = read_record(path)
-        ref = record.get("reference", {})
-        verb = "already built" if was_built and not force else "built"
-        console.print(
-            f"[bold]{each}[/bold]: {verb}, {record.get('size', 0):,} transitions, "
-            f"reference random {_fmt(ref.get('random'))} / expert {_fmt(ref.get('expert'))} -> {path}"
-        )
-        paths.append(path)
-    return paths
-
-
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.1f}"

@@ -757,39 +757,3 @@ def _print_outcome(console, result: SweepResult) -> None:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _short_paper(paper: str) -> str:
-    """"Figure 4, Figure 8, Figure 9" -> "Fig. 4, 8, 9"."""
-    parts = [p.strip() for p in paper.split(",") if p.strip()]
-    if parts and all(p.startswith("Figure ") for p in parts):
-        return "Fig. " + ", ".join(p[len("Figure "):] for p in parts)
-    return paper
-
-
-def experiments_table(console=None) -> None:
-    """``sparse-reg experiments list``: every packaged config with its run counts and time estimates."""
-    from rich.table import Table
-
-    from ..console import wide_console
-
-    console = console or wide_console()
-    table = Table(title="Paper experiments (sparse-reg sweep NAME / reproduce NAME)")
-    names = list_experiments()
-    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
-    table.add_column("paper", no_wrap=True)
-    for column in ("cells", "quick\nruns", "quick\ntime*", "paper\nruns", "paper\ntime*"):
-        table.add_column(column, justify="right", no_wrap=True)
-    wide = console.width >= 110  # titles only where they fit
-    if wide:
-        table.add_column("title", overflow="fold", ratio=1)
-    for name in names:
-        experiment = load_experiment(name)
-        row = [name, _short_paper(experiment.paper), str(len(cells(experiment)))]
-        for budget in BUDGETS:
-            runs = expand(experiment, budget, "runs")
-            row += [str(len(runs)), format_duration(estimate_seconds(runs))]
-        table.add_row(*row, *([experiment.title] if wide else []))
-    console.print(table)
-    console.print("* estimated wall time on an idle 2-core CPU, one pinned process per core "
-                  "(see docs/experiments.md for how)")
