@@ -331,4 +331,3 @@ def _spread_series(by_step: Mapping[float, list[float]], label: str, color: str,
     mean = np.array([np.mean(by_step[s]) for s in steps])
     std = np.array([np.std(by_step[s]) for s in steps])
     return Series(label, steps, mean, mean - std, mean + std, color, style)
-

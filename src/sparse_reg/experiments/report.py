@@ -192,4 +192,3 @@ def _collapsible(summary: str, body: str, collapse: bool) -> list[str]:
     if not collapse:
         return [body, ""]
     return [f"<details><summary>{summary}</summary>", "", body, "", "</details>", ""]
-

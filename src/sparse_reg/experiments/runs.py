@@ -349,4 +349,3 @@ def load_paper_table(path: str | Path | None = PAPER_CSV) -> dict[tuple, dict]:
                 "table": row["table"],
             }
     return table
-

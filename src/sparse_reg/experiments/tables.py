@@ -389,4 +389,3 @@ def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
                 f"IQM [95% CI] of the final normalised scores over tasks and seeds (n = number of scores); "
                 f"stratified bootstrap with {reps} replicates, percentile interval. CSV: [iqm.csv](tables/iqm.csv).",
                 inline=md)
-
