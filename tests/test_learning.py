@@ -6,6 +6,8 @@ on the fly; each algorithm trains for 3k steps with Sparse-Reg on ("auto": 95%).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,9 +18,6 @@ from sparse_reg.data.shipped_policies import load_policy, policy_dir
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
 from sparse_reg.training.trainer import PreparedData, initial_state, train
-
-import jax
-import jax.numpy as jnp
 
 
 @pytest.fixture(scope="module")

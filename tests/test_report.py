@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import re
 from pathlib import Path
 
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
-
 from sparse_reg.experiments.report import write_report
 from sparse_reg.experiments.runs import load_paper_table, run_variant
 from sparse_reg.experiments.statistics import iqm, stratified_bootstrap_ci
@@ -227,7 +226,7 @@ def test_variant_table_and_iqm_table(built):
     variants = (out / "tables" / "variants.md").read_text()
     row = next(line for line in variants.splitlines() if "| BC | Hopper |" in line)
     assert row.split("|")[4:7] == [" 15.0 ± 8.2 ", " **45.0 ± 8.2** ", " 20.0 ± 0.0 "]
-    assert next(l for l in variants.splitlines() if l.startswith("| Size")).split("|")[4:9] == [" dense ", " sparse ", " l1 ", " custom ", ""]
+    assert next(line for line in variants.splitlines() if line.startswith("| Size")).split("|")[4:9] == [" dense ", " sparse ", " l1 ", " custom ", ""]
     assert "custom" in variants  # the tags.json variant
     with open(out / "tables" / "iqm.csv") as f:
         rows = list(csv.DictReader(f))
@@ -342,10 +341,10 @@ def test_action_mse_table_hand_values(built):
 
 
 def test_export_keeps_results_drops_checkpoints_and_reports_the_same(built, tmp_path):
+    import shutil
+
     from sparse_reg.cli import main
     from sparse_reg.experiments.export import export_runs
-
-    import shutil
 
     runs = tmp_path / "runs"
     shutil.copytree(built[0], runs)

@@ -26,7 +26,6 @@ from .experiments.export import export_runs
 from .experiments.sweep import BUDGETS, cells, estimate_seconds, expand, list_experiments, load_experiment
 from .provenance import format_duration
 
-
 # ----------------------------------------------------------------------------- sparse-reg report
 
 

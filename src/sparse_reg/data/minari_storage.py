@@ -134,7 +134,7 @@ def read_built(path: Path, name: str | None = None) -> Dataset:
     name = name or path.name
     try:
         source = MinariDataset(path / "data")
-    except Exception as error:  # minari raises ValueError, KeyError, OSError, ...
+    except Exception as error:  # noqa: BLE001 - minari raises ValueError, KeyError, OSError, ...
         raise DatasetError(f"{path}: cannot read the dataset ({error})") from None
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
     for episode in source.iterate_episodes():

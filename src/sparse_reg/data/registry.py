@@ -70,7 +70,14 @@ from .dataset import Dataset, DatasetError, ReferenceScores
 from .minari_storage import is_built, read_built, read_record, write_atomically
 from .reference import D4RL_REFERENCE_SCORES, GYMNASIUM_ENV_FOR_FAMILY
 from .replay_buffer import dataset_from_shipped_buffer, dataset_from_true_buffer
-from .shipped_policies import MEDIUM_REPLAY_FILE, PROVENANCE_FILE, ShippedPolicies, load_policy, policy_dir, role_entries
+from .shipped_policies import (
+    MEDIUM_REPLAY_FILE,
+    PROVENANCE_FILE,
+    ShippedPolicies,
+    load_policy,
+    policy_dir,
+    role_entries,
+)
 
 FAMILIES = ("halfcheetah", "hopper", "walker2d")
 KINDS = ("expert", "medium", "medium-replay", "expert-replay")

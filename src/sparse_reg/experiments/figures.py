@@ -37,7 +37,6 @@ from .runs import (
 )
 from .statistics import as_float, mean_se
 
-
 # ----------------------------------------------------------------------------- curves
 
 

@@ -26,11 +26,10 @@ import json
 import math
 import re
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-
-import tomllib
 
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
