@@ -17,7 +17,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/sparse-reg demo
 
+# Lint first (seconds; configured in pyproject.toml), then the tests. examples/ once it exists.
+LINTED := $(wildcard src tests benchmarks scripts examples)
+
 test: $(VENV)/.installed
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/python -m pytest -q
 
 # Behaviour-policy training (torch + sbx-rl) lives in its own environment so the core stays light.

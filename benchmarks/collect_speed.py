@@ -23,7 +23,8 @@ import numpy as np
 
 from sparse_reg.data.behaviour_policy import BehaviourPolicy
 from sparse_reg.data.collect import DEFAULT_N_ENVS, behaviour_policy_fn, collect_rollouts
-from sparse_reg.data.registry import DEFAULT_SIZE, load_policy, policy_dir
+from sparse_reg.data.registry import DEFAULT_SIZE
+from sparse_reg.data.shipped_policies import load_policy, policy_dir
 
 RESULTS = Path(__file__).resolve().parent / "results" / "collect_speed.json"
 

@@ -51,7 +51,8 @@ from sparse_reg.data.behaviour_policy import BehaviourPolicy  # noqa: E402
 from sparse_reg.data.collect import behaviour_policy_fn, collect_rollouts, evaluate_policy  # noqa: E402
 from sparse_reg.data.dataset import DatasetError  # noqa: E402
 from sparse_reg.data.reference import GYMNASIUM_ENV_FOR_FAMILY  # noqa: E402
-from sparse_reg.data.registry import MEDIUM_REPLAY_FILE, buffer_prefix  # noqa: E402
+from sparse_reg.data.replay_buffer import buffer_prefix  # noqa: E402
+from sparse_reg.data.shipped_policies import MEDIUM_REPLAY_FILE  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "sparse_reg" / "data" / "policies"
 SELECTION_RULE = (

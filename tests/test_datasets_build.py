@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_reg.data import loaders, registry
+from sparse_reg.data import loaders, minari_storage, registry, replay_buffer, shipped_policies
 from sparse_reg.data.behaviour_policy import BehaviourPolicy
 from sparse_reg.data.collect import (
     Segment,
@@ -93,13 +93,13 @@ def write_policies(root: Path, family: str = "hopper") -> Path:
     tiny_policy(2).save(directory / "medium.npz")
     for step, constant in REPLAY_CONSTANTS.items():
         tiny_policy(step, constant_action=constant).save(directory / "replay" / f"step_{step:07d}.npz")
-    prefix, cut = registry.buffer_prefix(fake_buffer(MEDIUM_STEP), MEDIUM_STEP)
-    np.savez_compressed(directory / registry.MEDIUM_REPLAY_FILE, **prefix)
+    prefix, cut = replay_buffer.buffer_prefix(fake_buffer(MEDIUM_STEP), MEDIUM_STEP)
+    np.savez_compressed(directory / shipped_policies.MEDIUM_REPLAY_FILE, **prefix)
     provenance = {
         "family": family,
         "expert": {"file": "expert.npz", "step": 300, "mean_return": EXPERT_RETURN},
         "medium": {"file": "medium.npz", "step": MEDIUM_STEP, "mean_return": 400.0},
-        "medium_replay": {"file": registry.MEDIUM_REPLAY_FILE, "transitions": MEDIUM_STEP, "last_episode_cut": cut},
+        "medium_replay": {"file": shipped_policies.MEDIUM_REPLAY_FILE, "transitions": MEDIUM_STEP, "last_episode_cut": cut},
         "replay": {"every": 100, "steps": sorted(REPLAY_CONSTANTS)},
     }
     (directory / "provenance.json").write_text(json.dumps(provenance))
@@ -111,7 +111,7 @@ def dirs(tmp_path, monkeypatch):
     """Point the registry at a temporary data dir and a temporary policies dir."""
     data, policies = tmp_path / "datasets", write_policies(tmp_path / "policies")
     monkeypatch.setenv(registry.DATA_DIR_ENV, str(data))
-    monkeypatch.setenv(registry.POLICY_DIR_ENV, str(policies))
+    monkeypatch.setenv(shipped_policies.POLICY_DIR_ENV, str(policies))
     monkeypatch.delenv("MINARI_DATASETS_PATH", raising=False)
     return data, policies
 
@@ -242,7 +242,7 @@ def test_build_is_deterministic_in_the_seed(tmp_path, dirs):
     builds = {}
     for label, seed in (("a", 0), ("b", 0), ("c", 1)):
         path = registry.make("hopper-medium-v0", seed=seed, size=150, root=tmp_path / label, policies=policies, **SMALL)
-        builds[label] = registry.read_built(path)
+        builds[label] = minari_storage.read_built(path)
     assert_same(builds["a"], builds["b"])
     assert builds["a"].reference == builds["b"].reference
     assert not np.array_equal(builds["a"].observations, builds["c"].observations)
@@ -257,7 +257,7 @@ def test_rebuild_is_idempotent_and_checks_the_request(dirs):
     with pytest.raises(DatasetError, match="force=True"):
         registry.make(name, seed=7, **SMALL)
     registry.make(name, seed=7, size=120, force=True, **SMALL)
-    assert registry.read_record(path)["seed"] == 7
+    assert minari_storage.read_record(path)["seed"] == 7
     assert [p.name for p in path.parent.iterdir()] == [name]  # no staging leftovers
 
 
@@ -310,7 +310,7 @@ def test_expert_replay_build_uses_the_checkpoints_in_order(dirs):
 
 
 def shipped_medium_replay(policies: Path) -> dict[str, np.ndarray]:
-    with np.load(policies / "hopper" / registry.MEDIUM_REPLAY_FILE) as f:
+    with np.load(policies / "hopper" / shipped_policies.MEDIUM_REPLAY_FILE) as f:
         return {key: f[key] for key in f.files}
 
 
@@ -396,7 +396,7 @@ def test_ship_script_output_builds(tmp_path, monkeypatch):
     assert provenance["medium_candidates"] == {str(step): value for step, value in remeasured.items()}
     assert sorted(p.name for p in (out / "replay").iterdir()) == ["step_0000010.npz", "step_0000020.npz"]
     assert np.load(out / "replay" / "step_0000010.npz")["hidden_0/kernel"].dtype == np.float16
-    assert registry.load_policy(out / "replay" / "step_0000020.npz").hidden[0][0].dtype == np.float32
+    assert shipped_policies.load_policy(out / "replay" / "step_0000020.npz").hidden[0][0].dtype == np.float32
     assert provenance["replay"]["float16_max_action_error"] < 1e-2
 
     # medium-replay: exactly the buffer's first medium_step (30) rows, the cut episode closed.
@@ -413,7 +413,7 @@ def test_ship_script_output_builds(tmp_path, monkeypatch):
     assert provenance["medium_replay"]["source"] == "true replay buffer prefix"
 
     monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path / "datasets"))
-    monkeypatch.setenv(registry.POLICY_DIR_ENV, str(tmp_path / "policies"))
+    monkeypatch.setenv(shipped_policies.POLICY_DIR_ENV, str(tmp_path / "policies"))
     data = registry.load("hopper-medium-replay-v0", **SMALL)
     assert len(data) == 30 and data.reference.expert == provenance["expert"]["mean_return"]
     for key, value in shipped.items():
@@ -451,9 +451,9 @@ def test_expert_replay_from_the_true_buffer(dirs, tmp_path, monkeypatch):
     run = fake_buffer(400)
     (tmp_path / "behaviour" / "hopper").mkdir(parents=True)
     np.savez(tmp_path / "behaviour" / "hopper" / "replay_buffer.npz", **run)
-    with pytest.raises(DatasetError, match=registry.BEHAVIOUR_DIR_ENV):
+    with pytest.raises(DatasetError, match=replay_buffer.BEHAVIOUR_DIR_ENV):
         registry.make("hopper-expert-replay-v0", from_buffer=True, **SMALL)
-    monkeypatch.setenv(registry.BEHAVIOUR_DIR_ENV, str(tmp_path / "behaviour"))
+    monkeypatch.setenv(replay_buffer.BEHAVIOUR_DIR_ENV, str(tmp_path / "behaviour"))
     data = registry.load("hopper-expert-replay-v0", from_buffer=True, **SMALL)  # expert step 300
     assert data.metadata["source"] == "replay-buffer" and len(data) == 300
     assert data.metadata["replay_buffer"]["exact"] and data.metadata["approximation"] is None
@@ -467,17 +467,17 @@ def test_reshipped_policies_trigger_a_rebuild_instead_of_stale_data(dirs):
     name = "hopper-medium-v0"
     _, policies = dirs
     path = registry.make(name, size=120, **SMALL)
-    before = registry.read_built(path)
+    before = minari_storage.read_built(path)
     provenance_file = policies / "hopper" / "provenance.json"
     provenance = json.loads(provenance_file.read_text())
     provenance["expert"]["mean_return"] += 1.0  # as if a better expert had been shipped
     provenance_file.write_text(json.dumps(provenance))
     with pytest.warns(UserWarning, match="rebuilding"):
         registry.make(name, size=120, **SMALL)
-    record = registry.read_record(path)
+    record = minari_storage.read_record(path)
     assert record["reference"]["expert"] == provenance["expert"]["mean_return"]
-    assert record["policy_fingerprint"] == registry.ShippedPolicies.find("hopper", policies).fingerprint("medium")
-    assert_same(before, registry.read_built(path))  # same policy weights and seed: same data
+    assert record["policy_fingerprint"] == shipped_policies.ShippedPolicies.find("hopper", policies).fingerprint("medium")
+    assert_same(before, minari_storage.read_built(path))  # same policy weights and seed: same data
 
 
 def assert_served_without_rebuild(name: str) -> None:
@@ -490,7 +490,7 @@ def test_reshipping_one_policy_rebuilds_only_the_datasets_made_from_it(dirs):
     _, policies = dirs
     registry.make("hopper-expert-v0", size=120, **SMALL)
     medium = registry.make("hopper-medium-v0", size=120, **SMALL)
-    medium_fingerprint = registry.read_record(medium)["policy_fingerprint"]
+    medium_fingerprint = minari_storage.read_record(medium)["policy_fingerprint"]
     provenance_file = policies / "hopper" / "provenance.json"
     provenance = json.loads(provenance_file.read_text())
     provenance["medium"]["step"] += 100  # a new medium; the expert is the same
@@ -499,7 +499,7 @@ def test_reshipping_one_policy_rebuilds_only_the_datasets_made_from_it(dirs):
     assert_served_without_rebuild("hopper-expert-v0")
     with pytest.warns(UserWarning, match="rebuilding"):
         registry.make("hopper-medium-v0", size=120, **SMALL)
-    assert registry.read_record(medium)["policy_fingerprint"] != medium_fingerprint
+    assert minari_storage.read_record(medium)["policy_fingerprint"] != medium_fingerprint
 
     # The policy file's bytes count too, not only what the provenance says of it.
     tiny_policy(7).save(policies / "hopper" / "medium.npz")
@@ -514,7 +514,7 @@ def test_builds_marked_with_the_whole_family_fingerprint_are_still_current(dirs)
     path = registry.make("hopper-expert-v0", size=120, **SMALL)
     metadata_file = path / "data" / "metadata.json"
     metadata = json.loads(metadata_file.read_text())
-    shipped = registry.ShippedPolicies.find("hopper", policies)
-    metadata[registry._METADATA_KEY]["policy_fingerprint"] = shipped.fingerprint()
+    shipped = shipped_policies.ShippedPolicies.find("hopper", policies)
+    metadata[minari_storage.METADATA_KEY]["policy_fingerprint"] = shipped.fingerprint()
     metadata_file.write_text(json.dumps(metadata))
     assert_served_without_rebuild("hopper-expert-v0")

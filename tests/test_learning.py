@@ -6,19 +6,18 @@ on the fly; each algorithm trains for 3k steps with Sparse-Reg on ("auto": 95%).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sparse_reg.algorithms import get_algorithm
 from sparse_reg.data.collect import behaviour_policy_fn, collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
-from sparse_reg.data.registry import load_policy, policy_dir
+from sparse_reg.data.shipped_policies import load_policy, policy_dir
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
 from sparse_reg.training.trainer import PreparedData, initial_state, train
-
-import jax
-import jax.numpy as jnp
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import re
 from pathlib import Path
 
@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
-from sparse_reg.experiments import report
-from sparse_reg.experiments.report import iqm, run_variant, stratified_bootstrap_ci, write_report
+from sparse_reg.experiments.report import write_report
+from sparse_reg.experiments.runs import load_paper_table, run_variant
+from sparse_reg.experiments.statistics import iqm, stratified_bootstrap_ci
+from sparse_reg.experiments.tables import comparison_cell
 
 STEPS, EVAL_EVERY = 20_000, 5_000
 REFS = {"hopper": (-20.0, 3200.0), "walker2d": (0.0, 4500.0)}
@@ -161,16 +163,16 @@ def test_run_variant_from_config_and_tags():
 
 
 def test_comparison_cell_markers():
-    assert report.comparison_cell([1.0, 3.0], [4.0, 6.0]) == "2.0 ± 1.0 → **5.0 ± 1.0** ▲"
-    assert report.comparison_cell([4.0, 6.0], [1.0, 3.0]) == "5.0 ± 1.0 → 2.0 ± 1.0 ▼"
-    assert report.comparison_cell([], [1.0]) == "– → 1.0 ± 0.0"
-    tex = report.comparison_cell([1.0, 3.0], [4.0, 6.0], latex=True)
+    assert comparison_cell([1.0, 3.0], [4.0, 6.0]) == "2.0 ± 1.0 → **5.0 ± 1.0** ▲"
+    assert comparison_cell([4.0, 6.0], [1.0, 3.0]) == "5.0 ± 1.0 → 2.0 ± 1.0 ▼"
+    assert comparison_cell([], [1.0]) == "– → 1.0 ± 0.0"
+    tex = comparison_cell([1.0, 3.0], [4.0, 6.0], latex=True)
     assert tex == r"$2.0 \pm 1.0$ $\rightarrow$ \textcolor{blue}{$5.0 \pm 1.0$}"
-    assert r"\textcolor{red}" in report.comparison_cell([4.0, 6.0], [1.0, 3.0], latex=True)
+    assert r"\textcolor{red}" in comparison_cell([4.0, 6.0], [1.0, 3.0], latex=True)
 
 
 def test_packaged_paper_csv_has_the_signs_of_the_paper():
-    paper = report.load_paper_table()
+    paper = load_paper_table()
     assert len(paper) == 54
     random, expert = D4RL_REFERENCE_SCORES["halfcheetah"].random, D4RL_REFERENCE_SCORES["halfcheetah"].expert
     dense_mean, _ = paper[("expert", 5000, "td3bc", "halfcheetah")]["dense"]
@@ -224,7 +226,7 @@ def test_variant_table_and_iqm_table(built):
     variants = (out / "tables" / "variants.md").read_text()
     row = next(line for line in variants.splitlines() if "| BC | Hopper |" in line)
     assert row.split("|")[4:7] == [" 15.0 ± 8.2 ", " **45.0 ± 8.2** ", " 20.0 ± 0.0 "]
-    assert next(l for l in variants.splitlines() if l.startswith("| Size")).split("|")[4:9] == [" dense ", " sparse ", " l1 ", " custom ", ""]
+    assert next(line for line in variants.splitlines() if line.startswith("| Size")).split("|")[4:9] == [" dense ", " sparse ", " l1 ", " custom ", ""]
     assert "custom" in variants  # the tags.json variant
     with open(out / "tables" / "iqm.csv") as f:
         rows = list(csv.DictReader(f))
@@ -281,18 +283,20 @@ def test_index_links_resolve_and_skips_are_reported(built):
 def test_cli_entry_on_a_sweep_with_nothing_finished(tmp_path, capsys):
     import argparse
 
+    from sparse_reg.cli import add_report_arguments, cmd_report
+
     _write_run(tmp_path / "runs" / "a" / "seed_0", "iql", "hopper", "sparse", 0, 10.0, summary=False)
     parser = argparse.ArgumentParser()
-    report.add_report_arguments(parser)
+    add_report_arguments(parser)
     args = parser.parse_args([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-paper"])
-    assert report.report_command(args) == 0
+    assert cmd_report(args) == 0
     text = (tmp_path / "out" / "index.md").read_text()
     assert "No finished runs found." in text and "a/seed_0" in text and "in progress" in text
     assert str(tmp_path / "out" / "index.md") in capsys.readouterr().out
 
 
 def test_late_score_averages_the_last_fifth_of_training(built):
-    from sparse_reg.experiments.report import Run
+    from sparse_reg.experiments.runs import Run
 
     history = [{"step": s, "normalized_score": v} for s, v in ((2, 10.0), (4, 20.0), (6, 30.0), (8, 40.0), (10, 50.0))]
     run = Run(path=Path("."), summary={}, tags={}, algo="bc", family="hopper", kind="expert", size=5000, steps=10,
@@ -312,7 +316,8 @@ def test_late_score_averages_the_last_fifth_of_training(built):
 
 
 def test_action_mse_table_hand_values(built):
-    from sparse_reg.experiments.report import Run, mse_summary, mse_tables
+    from sparse_reg.experiments.runs import Run
+    from sparse_reg.experiments.tables import mse_summary, mse_tables
 
     def run(seed, validation):
         history = [{"step": 5000 * (i + 1), "train_mse": 0.1 / (i + 1), "validation_mse": v}
@@ -336,10 +341,10 @@ def test_action_mse_table_hand_values(built):
 
 
 def test_export_keeps_results_drops_checkpoints_and_reports_the_same(built, tmp_path):
+    import shutil
+
     from sparse_reg.cli import main
     from sparse_reg.experiments.export import export_runs
-
-    import shutil
 
     runs = tmp_path / "runs"
     shutil.copytree(built[0], runs)

@@ -9,8 +9,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from sparse_reg.data.registry import FAMILIES, ShippedPolicies
 from sparse_reg.data.reference import GYMNASIUM_ENV_FOR_FAMILY
+from sparse_reg.data.registry import FAMILIES
+from sparse_reg.data.shipped_policies import ShippedPolicies
 
 SHIPPED = [f for f in FAMILIES if ShippedPolicies.find(f) is not None]
 

@@ -417,13 +417,13 @@ def test_td3bc_targets_are_masked_with_the_online_mask():
     batch = make_batch()
     # Random 0/1 masks on the kernels (how they were scored does not matter here).
     rng = np.random.default_rng(0)
-    random_mask = lambda tree: jax.tree_util.tree_map_with_path(
+    random_mask = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731
         lambda path, p: jnp.asarray(rng.random(p.shape) < 0.4, p.dtype)
         if getattr(path[-1], "key", None) == "kernel" else jnp.ones_like(p), tree)
     state = state.replace(actor=state.actor.replace(mask=random_mask(state.actor.params)),
                           critic=state.critic.replace(mask=random_mask(state.critic.params)))
     # Make targets differ from the online params so the test tells them apart.
-    noisy = lambda tree: jax.tree_util.tree_map(lambda t: t + jnp.asarray(0.3 * rng.normal(size=t.shape), t.dtype), tree)
+    noisy = lambda tree: jax.tree_util.tree_map(lambda t: t + jnp.asarray(0.3 * rng.normal(size=t.shape), t.dtype), tree)  # noqa: E731
     state = state.replace(actor=state.actor.replace(target=noisy(state.actor.target)),
                           critic=state.critic.replace(target=noisy(state.critic.target)))
 

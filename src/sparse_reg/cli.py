@@ -132,13 +132,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import registry
+    from .commands import datasets_list_command, datasets_make_command
 
     if args.action == "list":
-        registry.datasets_list_command()
+        datasets_list_command()
     else:
         for name in args.names:
-            registry.datasets_make_command(name, seed=args.seed, force=args.force)
+            datasets_make_command(name, seed=args.seed, force=args.force)
     return 0
 
 
@@ -167,9 +167,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from .experiments.sweep import experiments_table
+    from .commands import experiments_list_command
 
-    experiments_table()
+    experiments_list_command()
     return 0
 
 
@@ -184,15 +184,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.report import report_command
+    from .commands import report_command
 
-    return report_command(args)
+    return report_command(args.runs_dir, args.out, args.paper_csv, include_paper=not args.no_paper,
+                          reps=args.bootstrap_reps, seed=args.seed)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .experiments.export import export_command
+    from .commands import export_command
 
-    return export_command(args)
+    return export_command(args.runs_dir, args.out)
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -208,6 +209,22 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
                    "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_report_arguments(parser) -> None:
+    """Arguments of ``sparse-reg report`` (argparse parser)."""
+    parser.add_argument("runs_dir", help="directory searched (recursively) for run directories with summary.json")
+    parser.add_argument("--out", default=None, help="report directory (default: RUNS_DIR/report)")
+    parser.add_argument("--paper-csv", default=None, help="the paper's tables as CSV (default: the packaged copy)")
+    parser.add_argument("--no-paper", action="store_true", help="leave the paper's numbers out")
+    parser.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replicates for the IQM CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def add_export_arguments(parser) -> None:
+    """Arguments of ``sparse-reg export`` (argparse parser)."""
+    parser.add_argument("runs_dir", help="directory searched (recursively) for finished runs (with summary.json)")
+    parser.add_argument("--out", required=True, help="where the copies go (relative paths are kept)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,13 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="default: reports/<budget>/<experiment>")
     p.set_defaults(func=cmd_reproduce)
 
-    from .experiments.report import add_report_arguments
-
     p = sub.add_parser("report", help="tables and figures (Markdown, LaTeX, PNG) for a directory of runs")
     add_report_arguments(p)
     p.set_defaults(func=cmd_report)
-
-    from .experiments.export import add_export_arguments
 
     p = sub.add_parser("export", help="copy finished runs' results (config, summary, metrics, masks) without "
                        "checkpoints, e.g. to commit them")

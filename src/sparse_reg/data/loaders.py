@@ -249,7 +249,7 @@ def load_minari(dataset_id: str, env_id: str | None = None) -> Dataset:
         source = minari.load_dataset(dataset_id, download=False)
     except ImportError as error:
         raise DatasetError(f"minari dataset '{dataset_id}': minari is not installed ({_one_line(error)})") from None
-    except Exception as error:  # minari raises FileNotFoundError, ValueError, KeyError, OSError, ...
+    except Exception as error:  # noqa: BLE001 - minari raises FileNotFoundError, ValueError, KeyError, OSError, ...
         raise DatasetError(f"minari dataset '{dataset_id}': cannot load it locally ({_one_line(error)})") from None
 
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ARRAY_FIELDS}

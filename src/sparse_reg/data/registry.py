@@ -45,33 +45,39 @@ readable with ``minari.load_dataset(name)``; :func:`load` reads them without tha
 build is written into a hidden temporary directory next to the target and renamed into place
 when complete, so a half-written dataset is never visible; building is deterministic for a
 given seed and idempotent (an existing complete dataset is just loaded).
+
+This module owns the names and the build; the pieces it builds from are their own modules:
+:mod:`.shipped_policies` (the shipped policies and their provenance), :mod:`.collect` (rollouts),
+:mod:`.replay_buffer` (datasets that are a true replay buffer's prefix) and
+:mod:`.minari_storage` (writing and reading the Minari files).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
-from .behaviour_policy import BehaviourPolicy
 from .collect import (
     Segment,
     behaviour_policy_fn,
     collect_rollouts,
     collect_schedule,
-    quiet_mujoco_model_warnings,
     random_policy_return,
 )
 from .dataset import Dataset, DatasetError, ReferenceScores
+from .minari_storage import is_built, read_built, read_record, write_atomically
 from .reference import D4RL_REFERENCE_SCORES, GYMNASIUM_ENV_FOR_FAMILY
+from .replay_buffer import dataset_from_shipped_buffer, dataset_from_true_buffer
+from .shipped_policies import (
+    MEDIUM_REPLAY_FILE,
+    PROVENANCE_FILE,
+    ShippedPolicies,
+    load_policy,
+    policy_dir,
+    role_entries,
+)
 
 FAMILIES = ("halfcheetah", "hopper", "walker2d")
 KINDS = ("expert", "medium", "medium-replay", "expert-replay")
@@ -86,12 +92,6 @@ RANDOM_EPISODES = 100
 BUILD_FORMAT = 1  # bump when the way datasets are built changes
 
 DATA_DIR_ENV = "SPARSE_REG_DATA_DIR"
-POLICY_DIR_ENV = "SPARSE_REG_POLICY_DIR"
-BEHAVIOUR_DIR_ENV = "SPARSE_REG_BEHAVIOUR_DIR"
-PROVENANCE_FILE = "provenance.json"
-MEDIUM_REPLAY_FILE = "medium_replay.npz"  # the true replay buffer's first medium_step transitions
-BUFFER_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-_METADATA_KEY = "sparse_reg"  # our entry in Minari's metadata.json
 
 # Reset seeds of the random-reference episodes are offset from the build seed so that they are
 # not the very same initial states as the dataset's first episodes.
@@ -118,111 +118,9 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "sparse_reg" / "datasets").expanduser()
 
 
-def policy_dir() -> Path:
-    """Where the shipped behaviour policies live (the package's ``data/policies`` by default)."""
-    override = os.environ.get(POLICY_DIR_ENV)
-    return Path(override).expanduser() if override else Path(__file__).resolve().parent / "policies"
-
-
 def dataset_path(name: str, root: Path | None = None) -> Path:
     parse_name(name)
     return (root or data_dir()) / name
-
-
-def _is_built(path: Path) -> bool:
-    # The directory only ever appears by an atomic rename of a complete build.
-    return (path / "data" / "metadata.json").is_file()
-
-
-# --------------------------------------------------------------------------- shipped policies
-
-
-@dataclass(frozen=True)
-class ShippedPolicies:
-    """What ``scripts/ship_behaviour_policies.py`` wrote for one family."""
-
-    family: str
-    root: Path
-    provenance: dict
-
-    @classmethod
-    def find(cls, family: str, root: Path | None = None) -> "ShippedPolicies | None":
-        directory = (root or policy_dir()) / family
-        provenance_file = directory / PROVENANCE_FILE
-        if not provenance_file.is_file():
-            return None
-        try:
-            provenance = json.loads(provenance_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{provenance_file}: unreadable provenance record ({error})") from None
-        return cls(family, directory, provenance)
-
-    def role(self, role: str) -> dict:
-        try:
-            return self.provenance[role]
-        except KeyError:
-            raise DatasetError(f"{self.root / PROVENANCE_FILE}: no '{role}' entry") from None
-
-    def policy_file(self, role: str) -> Path:
-        return self.root / self.role(role).get("file", f"{role}.npz")
-
-    def medium_replay_file(self) -> Path:
-        """The shipped prefix of the true replay buffer (medium-replay)."""
-        return self.root / self.provenance.get("medium_replay", {}).get("file", MEDIUM_REPLAY_FILE)
-
-    def replay_checkpoints(self) -> list[tuple[int, Path]]:
-        """(step, file) of the shipped training checkpoints (for expert-replay), in training order."""
-        files = sorted((self.root / "replay").glob("step_*.npz"))
-        return sorted((int(f.stem.split("_")[1]), f) for f in files)
-
-    def can_build(self, kind: str) -> bool:
-        if "expert" not in self.provenance:  # every dataset needs the expert's reference score
-            return False
-        if kind in ("expert", "medium"):
-            return kind in self.provenance and self.policy_file(kind).is_file()
-        if kind == "medium-replay":
-            return "medium" in self.provenance and self.medium_replay_file().is_file()
-        return bool(self.replay_checkpoints())  # expert-replay
-
-    def fingerprint(self, kind: str | None = None) -> str:
-        """Identifies what a dataset of ``kind`` is built from, so re-shipping one policy rebuilds
-        only the datasets made from it: the provenance entries of its roles (the expert's always,
-        for the reference score) and the bytes of the files it reads. Without ``kind``: the whole
-        provenance record (how builds made before per-kind fingerprints were marked)."""
-        import hashlib
-
-        if kind is None:
-            return hashlib.sha256(json.dumps(self.provenance, sort_keys=True).encode()).hexdigest()[:16]
-        digest = hashlib.sha256(json.dumps(_role_entries(self.provenance, kind), sort_keys=True).encode())
-        for path in self._source_files(kind):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes() if path.is_file() else b"missing")
-        return digest.hexdigest()[:16]
-
-    def _source_files(self, kind: str) -> list[Path]:
-        if kind in ("expert", "medium"):
-            return [self.policy_file(kind)]
-        if kind == "medium-replay":
-            return [self.medium_replay_file()]
-        return [path for _, path in self.replay_checkpoints()]  # expert-replay
-
-    def is_source_of(self, record: dict, kind: str) -> bool:
-        """Whether a build record says the dataset was made from what is shipped now."""
-        built_from = record.get("policy_fingerprint")
-        return built_from in (self.fingerprint(kind), self.fingerprint())
-
-    def expert_return(self) -> float:
-        """The expert policy's deterministic mean return, as measured when it was shipped."""
-        expert = self.role("expert")
-        for key in ("mean_return", "eval_mean_return"):
-            if key in expert:
-                return float(expert[key])
-        raise DatasetError(f"{self.root / PROVENANCE_FILE}: the 'expert' entry records no mean_return")
-
-
-def load_policy(path: Path) -> BehaviourPolicy:
-    """Load a shipped policy, computing in float32 even if it was stored as float16."""
-    return BehaviourPolicy.load(path).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- status
@@ -243,7 +141,7 @@ def status(root: Path | None = None, policies: Path | None = None) -> list[Datas
         family, kind = parse_name(name)
         path = dataset_path(name, root)
         can_build = shipped[family] is not None and shipped[family].can_build(kind)
-        rows.append(DatasetStatus(name, _is_built(path), can_build, path))
+        rows.append(DatasetStatus(name, is_built(path), can_build, path))
     return rows
 
 
@@ -279,7 +177,7 @@ def make(
     family, kind = parse_name(name)
     path = dataset_path(name, root)
     shipped = ShippedPolicies.find(family, policies)
-    if _is_built(path) and not force:
+    if is_built(path) and not force:
         if shipped is None or shipped.is_source_of(read_record(path), kind):
             _check_matches(path, name, seed, size)
             return path
@@ -300,9 +198,9 @@ def make(
 
         Console(stderr=True).print(f"building [bold]{name}[/bold] (seed {seed}) -> {path}")
     if kind == "medium-replay":
-        dataset, source = _dataset_from_shipped_buffer(name, shipped, size), "shipped-replay-buffer"
+        dataset, source = dataset_from_shipped_buffer(name, shipped, size), "shipped-replay-buffer"
     elif kind == "expert-replay" and from_buffer:
-        dataset, source = _dataset_from_true_buffer(name, shipped, size), "replay-buffer"
+        dataset, source = dataset_from_true_buffer(name, shipped, size), "replay-buffer"
     else:
         if from_buffer:
             warnings.warn(f"{name}: from_buffer only applies to expert-replay; collecting rollouts", stacklevel=2)
@@ -339,7 +237,7 @@ def make(
         "policy_fingerprint": shipped.fingerprint(kind),
         "approximation": _approximation_note(source),
     }
-    _write_atomically(path, dataset, record, reference, force)
+    write_atomically(path, dataset, record, reference, force)
     return path
 
 
@@ -413,114 +311,10 @@ def replay_segments(shipped: ShippedPolicies) -> tuple[list[Segment], int]:
     return segments, target_step
 
 
-def buffer_prefix(buffer, n: int, where: str = "the replay buffer") -> tuple[dict[str, np.ndarray], bool]:
-    """The first ``n`` transitions of a replay buffer (an ``np.load``-ed file or a dict of arrays).
-
-    Returns float32 observations/actions/rewards/next_observations and bool terminals/timeouts,
-    and whether the episode running at the cut had to be closed (its last kept transition,
-    neither terminal nor a timeout in the buffer, is marked ``timeouts=True``).
-    DatasetError if a key is missing or the buffer holds fewer than ``n`` transitions.
-    """
-    missing = [key for key in BUFFER_KEYS if key not in buffer]
-    if missing:
-        raise DatasetError(f"{where}: missing {', '.join(missing)}")
-    rows = len(buffer["rewards"])
-    if not 0 < n <= rows:
-        raise DatasetError(f"{where} holds {rows} transitions; cannot take the first {n}")
-    arrays = {key: np.asarray(buffer[key][:n], dtype=np.float32) for key in BUFFER_KEYS[:4]}
-    arrays.update({key: np.asarray(buffer[key][:n]).astype(bool) for key in BUFFER_KEYS[4:]})
-    arrays["rewards"] = arrays["rewards"].reshape(n)
-    cut = not (arrays["terminals"][-1] or arrays["timeouts"][-1])
-    if cut:
-        arrays["timeouts"][-1] = True
-    return arrays, cut
-
-
-def _buffer_dataset(name: str, family: str, arrays: dict[str, np.ndarray], replay_buffer: dict) -> Dataset:
-    return Dataset(
-        **arrays,
-        env_id=GYMNASIUM_ENV_FOR_FAMILY[family],
-        name=name,
-        metadata={
-            "n_envs": 1,
-            "segments": [{"label": "true replay buffer", "start": 0, "end": len(arrays["rewards"])}],
-            "cut_episodes": int(replay_buffer["last_episode_cut"]),
-            "replay_buffer": replay_buffer,
-        },
-    )
-
-
-def _dataset_from_shipped_buffer(name: str, shipped: ShippedPolicies, size: int | None) -> Dataset:
-    """medium-replay: the shipped prefix of the true training buffer (or its first ``size`` rows)."""
-    file = shipped.medium_replay_file()
-    entry = shipped.provenance.get("medium_replay", {})
-    medium_step = int(shipped.role("medium")["step"])
-    try:
-        buffer = np.load(file)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{name}: cannot read {file} ({error})") from None
-    with buffer:
-        rows = len(buffer["rewards"]) if "rewards" in buffer else 0
-        n = rows if size is None else int(size)
-        arrays, cut = buffer_prefix(buffer, n, where=f"{name}: {file}")
-    if rows != medium_step:
-        warnings.warn(f"{name}: {file} holds {rows} transitions but the medium step is {medium_step}", stacklevel=3)
-    return _buffer_dataset(
-        name,
-        shipped.family,
-        arrays,
-        {
-            "exact": True,
-            "description": f"the first {n} transitions of the behaviour policy's true training replay buffer "
-            f"(D4RL's medium-replay: the run's buffer up to the medium policy, saved at step {medium_step})",
-            "transitions": n,
-            "medium_step": medium_step,
-            "shipped_transitions": rows,
-            "file": f"{shipped.family}/{file.name}",
-            # The shipped file's own last transition was closed by the ship script.
-            "last_episode_cut": bool(cut or (n == rows and entry.get("last_episode_cut", False))),
-        },
-    )
-
-
-def _dataset_from_true_buffer(name: str, shipped: ShippedPolicies, size: int | None) -> Dataset:
-    """expert-replay from the real training buffer (optional; needs the artifacts dir)."""
-    behaviour_dir = os.environ.get(BEHAVIOUR_DIR_ENV)
-    if not behaviour_dir:
-        raise DatasetError(f"{name}: --from-buffer needs {BEHAVIOUR_DIR_ENV} pointing at the training artifacts dir")
-    buffer_file = Path(behaviour_dir).expanduser() / shipped.family / "replay_buffer.npz"
-    if not buffer_file.is_file():
-        raise DatasetError(f"{name}: no replay buffer at {buffer_file}")
-    target_step = int(shipped.role("expert")["step"])
-    n = target_step if size is None else int(size)
-    with np.load(buffer_file) as buffer:
-        arrays, cut = buffer_prefix(buffer, n, where=f"{name}: {buffer_file}")
-    return _buffer_dataset(
-        name,
-        shipped.family,
-        arrays,
-        {
-            "exact": True,
-            "description": f"the first {n} transitions of the true training replay buffer (expert step {target_step})",
-            "transitions": n,
-            "expert_step": target_step,
-            "file": str(buffer_file),
-            "last_episode_cut": cut,
-        },
-    )
-
-
 def _provenance_summary(shipped: ShippedPolicies, kind: str) -> dict:
     provenance = shipped.provenance
     summary = {key: provenance[key] for key in ("training", "selection") if key in provenance}
-    return {**summary, **_role_entries(provenance, kind)}
-
-
-def _role_entries(provenance: dict, kind: str) -> dict:
-    """The provenance entries of the policies and files a dataset of ``kind`` is made from."""
-    roles = ("expert", "medium") if kind.endswith("-replay") else (kind, "expert")
-    extra = {"medium-replay": "medium_replay", "expert-replay": "replay"}.get(kind)
-    return {key: provenance[key] for key in dict.fromkeys((*roles, extra)) if key in provenance}
+    return {**summary, **role_entries(provenance, kind)}
 
 
 def _approximation_note(source: str) -> str | None:
@@ -533,225 +327,10 @@ def _approximation_note(source: str) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- Minari storage
-
-
-@contextmanager
-def _minari_root(root: Path):
-    """Point Minari at ``root`` for the duration (its writer only takes the env variable)."""
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-
-
-def _episode_buffers(dataset: Dataset):
-    """Minari episode buffers: T steps store T + 1 observations (the last next_observation)."""
-    from minari.data_collector import EpisodeBuffer
-
-    # That layout can only hold episodes whose next observation is the following observation.
-    inner = np.ones(len(dataset), bool)
-    inner[dataset.episode_ends() - 1] = False
-    rows = np.flatnonzero(inner)
-    if not np.array_equal(dataset.next_observations[rows], dataset.observations[rows + 1]):
-        raise DatasetError(f"{dataset.name}: next_observations do not chain inside episodes; cannot store it")
-
-    for index, rows in enumerate(dataset.episode_slices()):
-        observations = np.concatenate([dataset.observations[rows], dataset.next_observations[rows][-1:]])
-        yield EpisodeBuffer(
-            id=index,
-            observations=observations,
-            actions=dataset.actions[rows],
-            rewards=dataset.rewards[rows],
-            terminations=dataset.terminals[rows],
-            truncations=dataset.timeouts[rows],
-            infos={},
-        )
-
-
-def _write_atomically(path: Path, dataset: Dataset, record: dict, reference: ReferenceScores, force: bool) -> None:
-    """Write the Minari dataset into a hidden temporary dir next to ``path``, then rename it into place."""
-    import minari
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden (dot) names are skipped by minari.list_local_datasets, so a leftover from a crash
-    # never shows up as a dataset.
-    staging = path.parent / f".building-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        description = (
-            f"{record['name']}: {record['kind']} data on {record['env_id']} made by sparse-reg "
-            f"(seed {record['seed']}, {len(dataset)} transitions)."
-        )
-        if record.get("approximation"):
-            description += " " + record["approximation"]
-        elif record.get("replay_buffer"):
-            description += " Exact: " + record["replay_buffer"]["description"] + "."
-        # Minari builds the environment (for its spaces and spec): keep that compile quiet too.
-        with warnings.catch_warnings(), _minari_root(staging), quiet_mujoco_model_warnings():
-            warnings.simplefilter("ignore")  # minari nags about optional fields we do not use
-            created = minari.create_dataset_from_buffers(
-                dataset_id=record["name"],
-                buffer=list(_episode_buffers(dataset)),
-                env=record["env_id"],
-                eval_env=record["env_id"],
-                algorithm_name=f"sbx CrossQ behaviour policy ({record['source']})",
-                author="sparse-reg",
-                author_email="none",
-                code_permalink="sparse_reg.data.registry",
-                ref_min_score=reference.random,
-                ref_max_score=reference.expert,
-                num_episodes_average_score=record["reference"]["random_episodes"],
-                description=description,
-            )
-        created.storage.update_metadata({_METADATA_KEY: record})
-        built = staging / record["name"]
-        if force and path.exists():
-            # Move the old build aside first: os.replace cannot replace a non-empty directory.
-            trash = staging / "previous"
-            os.replace(path, trash)
-        try:
-            os.replace(built, path)
-        except OSError:
-            if not _is_built(path):
-                raise
-            # Another process finished the same dataset first; keep theirs.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def read_record(path: Path) -> dict:
-    """Our build record (seed, size, references, provenance) from a built dataset's metadata."""
-    try:
-        metadata = json.loads((path / "data" / "metadata.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read dataset metadata ({error})") from None
-    record = dict(metadata.get(_METADATA_KEY, {}))
-    record.setdefault("minari", {k: metadata.get(k) for k in ("ref_min_score", "ref_max_score", "total_steps", "total_episodes")})
-    return record
-
-
-def read_built(path: Path, name: str | None = None) -> Dataset:
-    """Read a dataset this module built (a Minari dataset directory) without MINARI_DATASETS_PATH."""
-    from minari import MinariDataset
-
-    name = name or path.name
-    try:
-        source = MinariDataset(path / "data")
-    except Exception as error:  # minari raises ValueError, KeyError, OSError, ...
-        raise DatasetError(f"{path}: cannot read the dataset ({error})") from None
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
-    for episode in source.iterate_episodes():
-        steps = len(episode.rewards)
-        terminals = np.asarray(episode.terminations, dtype=bool)
-        timeouts = np.asarray(episode.truncations, dtype=bool).copy()
-        if not (terminals[-1] or timeouts[-1]):
-            timeouts[-1] = True  # keep the episode boundary when flattening
-        columns["obs"].append(episode.observations[:steps])
-        columns["next"].append(episode.observations[1 : steps + 1])
-        columns["act"].append(episode.actions)
-        columns["rew"].append(episode.rewards)
-        columns["term"].append(terminals)
-        columns["trunc"].append(timeouts)
-    arrays = {key: np.concatenate(value) for key, value in columns.items()}
-    record = read_record(path)
-    minari_metadata = source.storage.metadata
-    reference = ReferenceScores(float(minari_metadata["ref_min_score"]), float(minari_metadata["ref_max_score"]))
-    env_spec = source.env_spec
-    return Dataset(
-        observations=arrays["obs"],
-        actions=arrays["act"],
-        rewards=arrays["rew"],
-        next_observations=arrays["next"],
-        terminals=arrays["term"],
-        timeouts=arrays["trunc"],
-        env_id=record.get("env_id") or (env_spec.id if env_spec is not None else None),
-        name=name,
-        reference=reference,
-        metadata={**record, "path": str(path)},
-    )
 
 
 def load(name: str, **make_kwargs) -> Dataset:
     """The dataset ``name``, building it first (with a progress bar) if it is not built yet."""
     path = make(name, **make_kwargs)
     return read_built(path, name)
-
-
-# --------------------------------------------------------------------------- CLI helpers
-
-
-def datasets_list_command(root: Path | None = None, policies: Path | None = None) -> None:
-    """Print a table of the project's datasets: state, size, reference scores (ours and D4RL)."""
-    from rich.table import Table
-
-    table = Table(title=f"sparse-reg datasets (in {root or data_dir()})")
-    for column in ("name", "env", "status", "transitions", "random ref", "expert ref", "D4RL random", "D4RL expert"):
-        table.add_column(
-            column,
-            justify="right" if "ref" in column or "D4RL" in column or column == "transitions" else "left",
-            no_wrap=column == "name",
-        )
-    for row in status(root, policies):
-        family, _ = parse_name(row.name)
-        d4rl = D4RL_REFERENCE_SCORES[family]
-        transitions = random_ref = expert_ref = ""
-        if row.built:
-            state = "[green]built[/green]"
-            record = read_record(row.path)
-            minari_info = record.get("minari", {})
-            transitions = f"{record.get('size', minari_info.get('total_steps')) or 0:,}"
-            ref = record.get("reference", {})
-            random_ref = _fmt(ref.get("random", minari_info.get("ref_min_score")))
-            expert_ref = _fmt(ref.get("expert", minari_info.get("ref_max_score")))
-        elif row.can_build:
-            state = "not built (can build)"
-        else:
-            state = "[dim]cannot build (no shipped policy)[/dim]"
-        table.add_row(
-            row.name, GYMNASIUM_ENV_FOR_FAMILY[family], state, transitions, random_ref, expert_ref,
-            _fmt(d4rl.random), _fmt(d4rl.expert),
-        )  # fmt: skip
-    from ..console import wide_console
-
-    wide_console().print(table)
-
-
-def datasets_make_command(
-    name: str, seed: int | None = None, size: int | None = None, force: bool = False, from_buffer: bool = False
-) -> list[Path]:
-    """Build ``name`` (or every buildable dataset for ``"all"``) and print where each one is."""
-    from ..console import wide_console
-
-    console = wide_console()
-    if name == "all":
-        names = [row.name for row in status() if row.can_build]
-        if not names:
-            raise DatasetError("no dataset can be built: no behaviour policy is shipped yet")
-    else:
-        names = [name]
-    paths = []
-    for each in names:
-        was_built = _is_built(dataset_path(each))
-        path = make(each, seed=seed, size=size, force=force, from_buffer=from_buffer)
-        record = read_record(path)
-        ref = record.get("reference", {})
-        verb = "already built" if was_built and not force else "built"
-        console.print(
-            f"[bold]{each}[/bold]: {verb}, {record.get('size', 0):,} transitions, "
-            f"reference random {_fmt(ref.get('random'))} / expert {_fmt(ref.get('expert'))} -> {path}"
-        )
-        paths.append(path)
-    return paths
-
-
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.1f}"

@@ -12,7 +12,6 @@ from pathlib import Path
 from rich.table import Table
 
 from ..console import wide_console
-
 from ..data import load_dataset
 from ..training.config import RunConfig
 from ..training.logging import METRICS_FILE, read_rows

@@ -45,14 +45,3 @@ def export_runs(runs_dir: str | Path, out_dir: str | Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(record, target)
     return exported
-
-
-def add_export_arguments(parser) -> None:
-    parser.add_argument("runs_dir", help="directory searched (recursively) for finished runs (with summary.json)")
-    parser.add_argument("--out", required=True, help="where the copies go (relative paths are kept)")
-
-
-def export_command(args) -> int:
-    count = export_runs(args.runs_dir, args.out)
-    print(f"exported {count} finished run(s) from {args.runs_dir} to {args.out} (no checkpoints, no TensorBoard files)")
-    return 0

@@ -24,19 +24,16 @@ import fnmatch
 import itertools
 import json
 import math
-import os
 import re
 import time
-import traceback
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
-
-import tomllib
+from typing import Any, Iterable, Sequence
 
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
-from ..training.parallel import Job
+from ..training.parallel import Job, run_all
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUDGETS = ("quick", "paper")
@@ -436,8 +433,8 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or with ``dry_run`` list) every run of ``experiment`` under ``budget``.
 
-    backend "local": :func:`sparse_reg.training.parallel.run_jobs` (``mode`` auto: one pinned
-    process per core on a CPU, vmapped seed groups on an accelerator). backend "ray": one Ray
+    The runs go to :func:`sparse_reg.training.parallel.run_all`. backend "local" (``mode`` auto: one
+    pinned process per core on a CPU, vmapped seed groups on an accelerator). backend "ray": one Ray
     task per run (``num_cpus=1``) on the cluster at ``address`` ("auto" = an existing one), or on a
     local Ray instance started (and stopped) here when ``address`` is None and none is running.
     ``workers``: how many cores the local backend's process queue uses (default: all).
@@ -499,145 +496,13 @@ def run_sweep(
             bar.set_postfix(done=len(result.done), failed=len(result.failed))
 
         try:
-            if backend == "local":
-                _run_local(pending, mode, on_result, workers)
-            else:
-                _run_ray(pending, address, on_result)
+            resume = [run_state(run)[0] == RESUME for run in pending]
+            run_all([run.job for run in pending], resume, lambda i, error: on_result(pending[i], error),
+                    backend=backend, mode=mode, workers=workers, address=address)
         finally:
             bar.close()
     _print_outcome(console, result)
     return result
-
-
-def _run_local(
-    pending: list[SweepRun], mode: str, on_result: Callable[[SweepRun, str | None], None], workers: int | None = None
-) -> None:
-    """On a CPU (``processes``): ``parallel.run_queue``, one pinned process per core, each taking
-    the next run as soon as its last one ends. Otherwise through ``parallel.run_jobs``, one seed
-    group (``vmap``, on an accelerator) or one run (``sequential``) per call.
-
-    ``run_jobs`` stops at the first error of a call, so a call that fails is followed by each of
-    its unfinished runs alone in this process: the others finish (or resume) and the failing one
-    fails again with its own traceback.
-    """
-    from ..training.parallel import available_cores, resolve_mode, run_jobs, run_queue
-
-    mode = resolve_mode(mode)
-    if mode == "processes":
-        resume = [run_state(run)[0] == RESUME for run in pending]
-        cores = available_cores()[:workers]
-        run_queue([run.job for run in pending], resume, lambda i, error: on_result(pending[i], error), cores)
-        return
-    width = 1 if mode == "sequential" else None
-    for batch in _batches(pending, width):
-        resume = run_state(batch[0])[0] == RESUME
-        try:
-            run_jobs([r.job for r in batch], mode=mode, resume=resume, overwrite=not resume, progress=False)
-        except Exception:  # noqa: BLE001 - any error of a run is that run's failure
-            if len(batch) == 1:
-                on_result(batch[0], traceback.format_exc())
-                continue
-            for run in batch:
-                if (run.out / SUMMARY_FILE).exists():
-                    on_result(run, None)
-                else:
-                    on_result(run, _run_in_process(run))
-        else:
-            for run in batch:
-                on_result(run, None)
-
-
-def _batches(runs: list[SweepRun], width: int | None) -> list[list[SweepRun]]:
-    """Runs that one ``run_jobs`` call can take: same resume state; ``width`` at a time, or
-    (``width`` None: vmap) the seeds of one cell, whose checkpoints are at the same step."""
-    keyed: dict[tuple, list[SweepRun]] = {}
-    for run in runs:
-        state = run_state(run)[0]
-        if width is None:
-            step = _checkpoint_step(run) if state == RESUME else None
-            keyed.setdefault((state, run.cell.id, step), []).append(run)
-        else:
-            keyed.setdefault((state,), []).append(run)
-    batches = []
-    for group in keyed.values():
-        size = width or len(group)
-        batches += [group[i:i + size] for i in range(0, len(group), size)]
-    return batches
-
-
-def _checkpoint_step(run: SweepRun) -> int | None:
-    try:
-        return int(json.loads((run.out / CHECKPOINT_FILE).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _run_in_process(run: SweepRun) -> str | None:
-    """Train one run here; the traceback if it fails."""
-    from ..training.trainer import train
-
-    resume = run_state(run)[0] == RESUME
-    try:
-        train(run.job.config, run.out, resume=resume, overwrite=not resume, progress=False)
-    except Exception:  # noqa: BLE001
-        return traceback.format_exc()
-    return None
-
-
-def execute_run(config: dict, out: str, resume: bool, core: int | None = None) -> str | None:
-    """One run in a worker (Ray task): pinned to ``core`` if given; the traceback if it fails."""
-    if core is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, [core])  # before JAX starts its backend (it sizes its thread pool from it)
-    try:
-        from ..training.trainer import train
-
-        train(RunConfig.from_dict(config), out, resume=resume, overwrite=not resume, progress=False)
-    except Exception:  # noqa: BLE001
-        return traceback.format_exc()
-    return None
-
-
-def _run_ray(pending: list[SweepRun], address: str | None, on_result: Callable[[SweepRun, str | None], None]) -> None:
-    """One Ray task per run. On a Ray instance started here (this machine's cores), each task is
-    pinned to a free core, as the local backend's workers are; on a cluster Ray places them."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("--backend ray needs Ray: pip install 'sparse-reg[sweep]'") from None
-    from ..training.parallel import available_cores
-
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=len(available_cores()), include_dashboard=False, log_to_driver=False)
-            started = True
-    try:
-        task = ray.remote(num_cpus=1, max_calls=1, max_retries=0)(execute_run)
-        free_cores = list(available_cores()) if started else []
-        slots = len(free_cores) if started else max(int(ray.cluster_resources().get("CPU", 1)), 1)
-        queue, in_flight = list(pending), {}
-        while queue or in_flight:
-            while queue and len(in_flight) < slots:
-                run = queue.pop(0)
-                core = free_cores.pop(0) if started else None
-                resume = run_state(run)[0] == RESUME
-                ref = task.remote(run.job.config.to_dict(), str(run.out), resume, core)
-                in_flight[ref] = (run, core)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                run, core = in_flight.pop(ref)
-                if core is not None:
-                    free_cores.append(core)
-                try:
-                    error = ray.get(ref)
-                except Exception:  # noqa: BLE001 - the worker died (killed, out of memory, ...)
-                    error = traceback.format_exc()
-                on_result(run, error)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _prepare_datasets(pending: list[SweepRun], result: SweepResult, experiment: Experiment, console) -> list[SweepRun]:
@@ -757,39 +622,3 @@ def _print_outcome(console, result: SweepResult) -> None:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _short_paper(paper: str) -> str:
-    """"Figure 4, Figure 8, Figure 9" -> "Fig. 4, 8, 9"."""
-    parts = [p.strip() for p in paper.split(",") if p.strip()]
-    if parts and all(p.startswith("Figure ") for p in parts):
-        return "Fig. " + ", ".join(p[len("Figure "):] for p in parts)
-    return paper
-
-
-def experiments_table(console=None) -> None:
-    """``sparse-reg experiments list``: every packaged config with its run counts and time estimates."""
-    from rich.table import Table
-
-    from ..console import wide_console
-
-    console = console or wide_console()
-    table = Table(title="Paper experiments (sparse-reg sweep NAME / reproduce NAME)")
-    names = list_experiments()
-    table.add_column("name", no_wrap=True, min_width=max(map(len, names), default=4))
-    table.add_column("paper", no_wrap=True)
-    for column in ("cells", "quick\nruns", "quick\ntime*", "paper\nruns", "paper\ntime*"):
-        table.add_column(column, justify="right", no_wrap=True)
-    wide = console.width >= 110  # titles only where they fit
-    if wide:
-        table.add_column("title", overflow="fold", ratio=1)
-    for name in names:
-        experiment = load_experiment(name)
-        row = [name, _short_paper(experiment.paper), str(len(cells(experiment)))]
-        for budget in BUDGETS:
-            runs = expand(experiment, budget, "runs")
-            row += [str(len(runs)), format_duration(estimate_seconds(runs))]
-        table.add_row(*row, *([experiment.title] if wide else []))
-    console.print(table)
-    console.print("* estimated wall time on an idle 2-core CPU, one pinned process per core "
-                  "(see docs/experiments.md for how)")

@@ -12,7 +12,6 @@ import numpy as np
 
 from ..data.collect import quiet_mujoco_model_warnings
 
-
 PolicyFn = Callable[[np.ndarray], np.ndarray]  # raw observations (n, obs_dim) -> actions (n, action_dim)
 
 

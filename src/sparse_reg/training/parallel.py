@@ -1,15 +1,23 @@
-"""Many runs at once: ``jax.vmap`` over seeds on an accelerator, one pinned process per core on a CPU.
+"""The scheduler: every way this project runs many trainings at once.
 
 Measured on 2-core CPUs (see docs/performance.md): vmapping seeds gains nothing there,
 while processes pinned to one core each give more total throughput than one process
-using both cores. Two schedules of pinned processes:
+using both cores. On an accelerator, the seeds of one configuration vmapped together are
+the fast way.
 
-* :func:`run_jobs` (the seeds of one run, all the same length) runs waves of one job per
-  core; a last, smaller wave shares the cores among its jobs, so e.g. the fifth of five
-  seeds on two cores gets both cores.
-* :func:`run_queue` (a sweep's runs, of different lengths: IQL takes longer than TD3+BC)
-  gives each core the next job as soon as its last one ends, so no core waits for a wave's
-  slowest job, and reports every job's outcome as it comes (a failure stops nothing).
+* :func:`run_all` is the one entry point of a sweep: ``(jobs, resume, on_result)`` plus how to
+  run them. Each job's outcome (None or its traceback) reaches ``on_result`` as it ends, and a
+  failure stops nothing. It hands the jobs to one of three runners of that same signature:
+* :func:`run_queue` (runs of different lengths: IQL takes longer than TD3+BC) gives each core
+  the next job as soon as its last one ends, so no core waits for a wave's slowest job;
+* :func:`run_ray` is the same queue with Ray tasks instead of local processes;
+* :func:`run_batches` goes through :func:`run_jobs` in this process (vmapped seed groups, or
+  one job after another), running a failed group's jobs one by one.
+* :func:`run_jobs` (the seeds of one ``sparse-reg train --seeds``, all the same length, results
+  returned) runs waves of one job per core; a last, smaller wave shares the cores among its
+  jobs, so e.g. the fifth of five seeds on two cores gets both cores.
+
+Every worker is pinned by :func:`pin_to_cores` before JAX starts in it.
 """
 
 from __future__ import annotations
@@ -17,15 +25,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 
 from ..data.dataset import Dataset
+from .checkpoint import read_checkpoint_info
 from .config import RunConfig
 
 Mode = Literal["auto", "vmap", "processes", "sequential"]
@@ -61,28 +70,99 @@ def waves(n_jobs: int, cores: list[int]) -> list[list[tuple[int, list[int]]]]:
     return result
 
 
-def _run_pinned(job: Job, cores: list[int], dataset: Dataset | None, resume: bool, overwrite: bool) -> dict:
-    # Before JAX starts its backend: XLA sizes its thread pool from the cores it may use.
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
+def pin_to_cores(cores: Sequence[int] | None) -> None:
+    """Pin this process to ``cores`` (None: leave it as it is). Call it before JAX starts its
+    backend: XLA sizes its thread pool from the cores the process may use."""
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, list(cores))
+
+
+def _run_pinned(job: Job, cores: Sequence[int] | None, dataset: Dataset | None, resume: bool, overwrite: bool) -> dict:
+    pin_to_cores(cores)
     from .trainer import train
 
     return train(job.config, job.out, dataset=dataset, resume=resume, overwrite=overwrite, progress=False)
 
 
-def _run_pinned_reporting(job: Job, core: int, resume: bool) -> str | None:
-    """One queued job in its worker: None when it finished, its traceback when it failed."""
+def run_one(job: Job, resume: bool, cores: Sequence[int] | None = None) -> str | None:
+    """Train one job (in a worker, pinned to ``cores`` if given; a resumed job continues from its
+    checkpoint, any other starts afresh): None when it finished, its traceback when it failed."""
     try:
-        _run_pinned(job, [core], None, resume, not resume)
+        _run_pinned(job, cores, None, resume, not resume)
     except Exception:  # noqa: BLE001 - any error of a job is that job's failure, reported to the caller
         return traceback.format_exc()
     return None
 
 
+# ----------------------------------------------------------------------------- one queue, three ways to run it
+
+
+OnResult = Callable[[int, str | None], None]  # (job index, None or why it failed)
+
+
+def run_all(
+    jobs: list[Job],
+    resume: list[bool],
+    on_result: OnResult,
+    *,
+    backend: str = "local",
+    mode: Mode = "auto",
+    workers: int | None = None,
+    address: str | None = None,
+) -> None:
+    """Run every job and call ``on_result(i, error)`` in this process as job i ends (``error``:
+    None, or its traceback or a note that its worker died); a failure stops nothing.
+    ``resume[i]``: continue job i from its checkpoint, else start it afresh.
+
+    backend "local" with ``mode`` processes (auto on a CPU): :func:`run_queue` on ``workers``
+    cores (default: all); vmap (auto on an accelerator) or sequential: :func:`run_batches`.
+    backend "ray": :func:`run_ray` on the cluster at ``address`` (or a local Ray instance).
+    """
+    if len(resume) != len(jobs):
+        raise ValueError(f"{len(jobs)} jobs but {len(resume)} resume flags")
+    if backend == "ray":
+        run_ray(jobs, resume, on_result, address=address)
+        return
+    if backend != "local":
+        raise ValueError(f"unknown backend '{backend}': choose local or ray")
+    mode = resolve_mode(mode)
+    if mode == "processes":
+        run_queue(jobs, resume, on_result, cores=available_cores()[:workers])
+    else:
+        run_batches(jobs, resume, on_result, mode=mode)
+
+
+def _queue(
+    n_jobs: int,
+    on_result: OnResult,
+    slots: int,
+    cores: list[int] | None,
+    submit: Callable[[int, list[int] | None], Any],
+    finished: Callable[[list[Any]], Iterable[Any]],
+    outcome: Callable[[Any, int], str | None],
+) -> None:
+    """The scheduling loop of :func:`run_queue` and :func:`run_ray`: keep ``slots`` jobs running,
+    each pinned to a core of its own when ``cores`` are given, start the next one (in order) as
+    soon as one ends and report each as it ends. ``submit(i, cores)`` starts job i and returns a
+    handle; ``finished(handles)`` waits until some have ended; ``outcome(handle, i)`` is the error."""
+    waiting = list(range(n_jobs))[::-1]  # popped from the end: first job first
+    running: dict[Any, tuple[int, int | None]] = {}  # handle -> (job index, its core)
+    while waiting or running:
+        busy = {core for _, core in running.values()}
+        free = [c for c in cores if c not in busy] if cores else []
+        while waiting and len(running) < slots:
+            index = waiting.pop()
+            core = free.pop(0) if cores else None
+            running[submit(index, None if core is None else [core])] = (index, core)
+        for handle in finished(list(running)):
+            index, _ = running.pop(handle)
+            on_result(index, outcome(handle, index))
+
+
 def run_queue(
     jobs: list[Job],
     resume: list[bool],
-    on_result: Callable[[int, str | None], None],
+    on_result: OnResult,
     cores: list[int] | None = None,
 ) -> None:
     """Run ``jobs`` in fresh processes, one per core and pinned to it, each core taking the next
@@ -93,26 +173,110 @@ def run_queue(
     if len(resume) != len(jobs):
         raise ValueError(f"{len(jobs)} jobs but {len(resume)} resume flags")
     cores = list(cores or available_cores())
-    waiting = list(range(len(jobs)))[::-1]  # popped from the end: first job first
-    running = {}  # future -> (job index, core)
+
+    def outcome(future, index: int) -> str | None:
+        try:
+            return future.result()
+        except Exception as crash:  # noqa: BLE001 - e.g. the worker was killed (out of memory)
+            return f"the worker process running {jobs[index].out} died: {crash!r}"
+
     # A fresh interpreter per job (no forked JAX runtime, and XLA sizes its thread pool from the
     # core the job is pinned to before it starts).
     with ProcessPoolExecutor(len(cores), mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
-        while waiting or running:
-            busy = {core for _, core in running.values()}
-            for core in [c for c in cores if c not in busy]:
-                if not waiting:
-                    break
-                index = waiting.pop()
-                running[pool.submit(_run_pinned_reporting, jobs[index], core, resume[index])] = (index, core)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                index, _ = running.pop(future)
-                try:
-                    error = future.result()
-                except Exception as crash:  # noqa: BLE001 - e.g. the worker was killed (out of memory)
-                    error = f"the worker process running {jobs[index].out} died: {crash!r}"
-                on_result(index, error)
+        _queue(len(jobs), on_result, len(cores), cores,
+               submit=lambda i, pinned: pool.submit(run_one, jobs[i], resume[i], pinned),
+               finished=lambda handles: wait(handles, return_when=FIRST_COMPLETED)[0],
+               outcome=outcome)
+
+
+def run_ray(jobs: list[Job], resume: list[bool], on_result: OnResult, address: str | None = None) -> None:
+    """One Ray task per job (``num_cpus=1``), as :func:`run_queue` does with processes. On a Ray
+    instance started here (``address`` None and none running: this machine's cores, stopped
+    again at the end) each task is pinned to a free core; on a cluster (``address``, "auto" = the
+    running one) Ray places them."""
+    if len(resume) != len(jobs):
+        raise ValueError(f"{len(jobs)} jobs but {len(resume)} resume flags")
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--backend ray needs Ray: pip install 'sparse-reg[sweep]'") from None
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=len(available_cores()), include_dashboard=False, log_to_driver=False)
+            started = True
+
+    def outcome(ref, index: int) -> str | None:
+        try:
+            return ray.get(ref)
+        except Exception:  # noqa: BLE001 - the worker died (killed, out of memory, ...)
+            return traceback.format_exc()
+
+    try:
+        task = ray.remote(num_cpus=1, max_calls=1, max_retries=0)(run_one)
+        cores = available_cores() if started else None
+        slots = len(cores) if started else max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        _queue(len(jobs), on_result, slots, cores,
+               submit=lambda i, pinned: task.remote(jobs[i], resume[i], pinned),
+               finished=lambda refs: ray.wait(refs, num_returns=1)[0],
+               outcome=outcome)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_batches(jobs: list[Job], resume: list[bool], on_result: OnResult, mode: Mode = "auto") -> None:
+    """Through :func:`run_jobs` in this process: one seed group per call (``vmap``, on an
+    accelerator: the seeds of one configuration, whose checkpoints are at the same step) or one
+    job per call (``sequential``).
+
+    ``run_jobs`` stops at the first error of a call, so a call that fails is followed by each of
+    its unfinished jobs alone in this process: the others finish (or resume) and the failing one
+    fails again with its own traceback.
+    """
+    from .trainer import SUMMARY_FILE
+
+    mode = resolve_mode(mode)
+    for batch in _batches(jobs, resume, width=1 if mode == "sequential" else None):
+        try:
+            run_jobs([jobs[i] for i in batch], mode=mode, resume=resume[batch[0]], overwrite=not resume[batch[0]],
+                     progress=False)
+        except Exception:  # noqa: BLE001 - any error of a job is that job's failure
+            if len(batch) == 1:
+                on_result(batch[0], traceback.format_exc())
+                continue
+            for i in batch:
+                on_result(i, None if (jobs[i].out / SUMMARY_FILE).exists() else run_one(jobs[i], resume[i]))
+        else:
+            for i in batch:
+                on_result(i, None)
+
+
+def _batches(jobs: list[Job], resume: list[bool], width: int | None) -> list[list[int]]:
+    """Indices of the jobs one ``run_jobs`` call can take: same resume flag; ``width`` at a time,
+    or (``width`` None: vmap) the seeds of one configuration, resumed from the same step."""
+    keyed: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if width is None:
+            step = _checkpoint_step(job.out) if resume[i] else None
+            keyed.setdefault((resume[i], _without_seed(job), step), []).append(i)
+        else:
+            keyed.setdefault((resume[i],), []).append(i)
+    batches = []
+    for group in keyed.values():
+        size = width or len(group)
+        batches += [group[i:i + size] for i in range(0, len(group), size)]
+    return batches
+
+
+def _checkpoint_step(out: Path) -> int | None:
+    try:
+        return int(read_checkpoint_info(out)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_jobs(
@@ -162,9 +326,13 @@ def _groups_by_shape(jobs: list[Job]) -> list[list[int]]:
     """Indices of jobs whose configs are equal except for the seed."""
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
-        key = repr(sorted((k, repr(v)) for k, v in job.config.to_dict().items() if k != "seed"))
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(_without_seed(job), []).append(i)
     return list(groups.values())
+
+
+def _without_seed(job: Job) -> str:
+    """The job's configuration except its seed, as a key."""
+    return repr(sorted((k, repr(v)) for k, v in job.config.to_dict().items() if k != "seed"))
 
 
 def seed_jobs(config: RunConfig, seeds: list[int], out: Path) -> list[Job]:

@@ -1,0 +1,392 @@
+"""The report's tables: the paper's dense → Sparse-Reg form, variants, action MSE and IQM, in
+Markdown and LaTeX, and the files they go in (``tables/`` of a report).
+
+* ``final_return``, ``normalized_score`` and ``late_normalized_score`` (``.md``, ``.tex``): the
+  paper's Table 1 form, rows size x algorithm, a column per task, each cell "dense mean ± std →
+  sparse mean ± std" over seeds (▲ / blue where Sparse-Reg is better, ▼ / red where worse); the
+  normalised table has the paper's numbers for the same cell under each of our rows.
+* ``variants`` (``.md``, ``.tex``): one column per variant (L1, dropout, SFI, ...) when there are any.
+* ``action_mse.md``: final and lowest training / validation action MSE (BC by default).
+* ``iqm`` (``.md``, ``.csv``): IQM of final normalised scores with 95% stratified-bootstrap CIs.
+* ``final_scores.csv``: one row per run (the numbers behind everything else).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .items import Item
+from .runs import (
+    ALGO_NAMES,
+    DENSE,
+    FAMILY_NAMES,
+    KIND_ORDER,
+    PAPER_ALGO,
+    SPARSE_ALIASES,
+    Run,
+    algo_name,
+    algo_rank,
+    count_label,
+    family_name,
+    family_rank,
+    group_cells,
+    metric_values,
+    ordered,
+    ordered_sizes,
+    ordered_variants,
+    slug,
+    sparse_variant,
+    variant_rank,
+)
+from .statistics import as_float, mean_std, stratified_bootstrap_ci
+
+IMPROVED, WORSE = "▲", "▼"
+MISSING = "–"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def format_mean_std(mean: float, std: float, digits: int = 1) -> str:
+    return MISSING if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def comparison_cell(dense: Sequence[float], sparse: Sequence[float], digits: int = 1, latex: bool = False) -> str:
+    """"dense mean ± std → sparse mean ± std" with ▲ (sparse better) / ▼ (worse); std over seeds, ddof=0.
+
+    Better/worse compares the means as shown (rounded to ``digits``): no marker when they read the same.
+    """
+    d_mean, d_std, d_n = mean_std(dense)
+    s_mean, s_std, s_n = mean_std(sparse)
+    return _comparison_text(d_mean, d_std, s_mean, s_std, digits, latex)
+
+
+def _comparison_text(d_mean, d_std, s_mean, s_std, digits=1, latex=False) -> str:
+    if np.isfinite(d_mean) and np.isfinite(s_mean):  # compare what is shown: equal when rounded = no marker
+        d_mean, s_mean = (float(f"{d_mean:.{digits}f}"), float(f"{s_mean:.{digits}f}"))
+    if latex:
+        d = MISSING if not np.isfinite(d_mean) else f"${d_mean:.{digits}f} \\pm {d_std:.{digits}f}$"
+        s = MISSING if not np.isfinite(s_mean) else f"${s_mean:.{digits}f} \\pm {s_std:.{digits}f}$"
+        if np.isfinite(d_mean) and np.isfinite(s_mean) and s_mean != d_mean:
+            s = f"\\textcolor{{{'blue' if s_mean > d_mean else 'red'}}}{{{s}}}"
+        return f"{d} $\\rightarrow$ {s}"
+    d, s = format_mean_std(d_mean, d_std, digits), format_mean_std(s_mean, s_std, digits)
+    if np.isfinite(d_mean) and np.isfinite(s_mean):
+        if s_mean > d_mean:
+            return f"{d} → **{s}** {IMPROVED}"
+        if s_mean < d_mean:
+            return f"{d} → {s} {WORSE}"
+    return f"{d} → {s}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([_&%#])", r"\\\1", text)
+
+
+def _latex_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str, label: str) -> str:
+    spec = "ll" + "c" * (len(header) - 2)
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{caption}}}",
+        f"\\label{{{label}}}",
+        "\\resizebox{\\linewidth}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(_latex_escape(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
+    previous = None
+    for row in rows:
+        if previous is not None and row[0] and row[0] != previous:
+            lines.append("\\midrule")
+        previous = row[0] or previous
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]
+    return "\n".join(lines)
+
+
+def comparison_tables(
+    runs: Sequence[Run], metric: str, paper: Mapping[tuple, dict] | None = None, digits: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Per section: the dense → sparse table (Markdown and LaTeX text, and the raw cells).
+
+    ``metric``: "final_return" or "final_score". Rows are size x algorithm (paper rows under
+    ours for ``final_score`` when ``paper`` has the cell), columns are tasks.
+    """
+    cells = group_cells(runs)
+    out = {}
+    for section in ordered({r.section for r in runs}, KIND_ORDER):
+        in_section = [r for r in runs if r.section == section]
+        kind = in_section[0].kind
+        families = ordered({r.family for r in in_section}, tuple(FAMILY_NAMES))
+        header = ["Size", "Algorithm", *[family_name(f) for f in families]]
+        md_rows, tex_rows, raw = [], [], {}
+        for size in ordered_sizes({r.size for r in in_section}):
+            first = True
+            for algo in ordered({r.algo for r in in_section if r.size == size}, tuple(ALGO_NAMES)):
+                variants = {r.variant for r in in_section if r.size == size and r.algo == algo}
+                sparse_name = sparse_variant(variants)
+                if DENSE not in variants and sparse_name is None:
+                    continue
+                md, tex = [], []
+                for family in families:
+                    dense = metric_values(cells.get((section, algo, size, family, DENSE)), metric)
+                    sparse = metric_values(cells.get((section, algo, size, family, sparse_name)), metric)
+                    text = comparison_cell(dense, sparse, digits)
+                    seeds = (len(dense), len(sparse))
+                    if seeds[0] != seeds[1] and dense and sparse:
+                        text += f" (n={seeds[0]}/{seeds[1]})"
+                    raw[(size, algo, family)] = text
+                    md.append(text)
+                    tex.append(comparison_cell(dense, sparse, digits, latex=True))
+                size_text = count_label(size) if first else ""
+                md_rows.append([size_text, algo_name(algo), *md])
+                tex_rows.append([size_text, _latex_escape(algo_name(algo)), *tex])
+                first = False
+                if metric == "final_score" and paper:
+                    entries = [paper.get((kind, size, PAPER_ALGO.get(algo, algo), family)) for family in families]
+                    if any(entries):
+                        md_p, tex_p = [], []
+                        for e in entries:
+                            if e is None:
+                                md_p.append(MISSING)
+                                tex_p.append(MISSING)
+                                continue
+                            args = (*e["dense"], *e["sparse"], digits)
+                            md_p.append("*" + _comparison_text(*args).replace("**", "") + "*")
+                            tex_p.append("{\\color{gray}" + _comparison_text(*args, latex=True) + "}")
+                        md_rows.append(["", f"*paper {algo_name(algo)}*", *md_p])
+                        tex_rows.append(["", f"\\textit{{paper {_latex_escape(algo_name(algo))}}}", *tex_p])
+        if not md_rows:
+            continue
+        what = {"final_return": "final return", "late_score": "normalised score over the last 20\\% of training"}.get(
+            metric, "final normalised score")
+        caption = (
+            f"{section} data: {what}, without sparsity $\\rightarrow$ with Sparse-Reg, mean $\\pm$ std over seeds; "
+            "improvements in blue, losses in red."
+        )
+        out[section] = {
+            "markdown": markdown_table(header, md_rows),
+            "latex": _latex_table(header, tex_rows, caption, f"tab:{slug(section, metric)}"),
+            "cells": raw,
+        }
+    return out
+
+
+def variant_tables(runs: Sequence[Run], digits: int = 1) -> dict[str, dict[str, str]]:
+    """Per section with variants besides dense/sparse: normalised score per variant (best in bold)."""
+    cells = group_cells(runs)
+    out = {}
+    for section in ordered({r.section for r in runs}, KIND_ORDER):
+        in_section = [r for r in runs if r.section == section]
+        variants = ordered_variants({r.variant for r in in_section})
+        if set(variants) <= {DENSE, *SPARSE_ALIASES}:
+            continue
+        header = ["Size", "Algorithm", "Task", *variants]
+        md_rows, tex_rows = [], []
+        keys = sorted({(r.size, r.algo, r.family) for r in in_section},
+                      key=lambda k: (k[0] is None, k[0] or 0, algo_rank(k[1]), k[1], family_rank(k[2]), k[2]))
+        for size, algo, family in keys:
+            stats = [mean_std(metric_values(cells.get((section, algo, size, family, v)), "final_score")) for v in variants]
+            finite = [m for m, _, n in stats if n]
+            best = max(finite) if finite else None
+            md, tex = [], []
+            for m, s, n in stats:
+                text = format_mean_std(m, s, digits) if n else MISSING
+                md.append(f"**{text}**" if n and m == best and len(finite) > 1 else text)
+                tex_text = f"${m:.{digits}f} \\pm {s:.{digits}f}$" if n else MISSING
+                tex.append(f"\\textbf{{{tex_text}}}" if n and m == best and len(finite) > 1 else tex_text)
+            md_rows.append([count_label(size), algo_name(algo), family_name(family), *md])
+            tex_rows.append([count_label(size), _latex_escape(algo_name(algo)), family_name(family), *tex])
+        caption = f"{section} data: final normalised score per variant, mean $\\pm$ std over seeds; best in bold."
+        spec_header = ["Size", "Algorithm", "Task", *variants]
+        out[section] = {
+            "markdown": markdown_table(header, md_rows),
+            "latex": _latex_table(spec_header, tex_rows, caption, f"tab:{slug(section, 'variants')}"),
+        }
+    return out
+
+
+def mse_summary(run: Run) -> dict | None:
+    """A run's action MSE: final training and validation MSE, and the lowest validation MSE and
+    the step it was reached at (where a rising validation MSE starts: the overfitting point)."""
+    rows = [(as_float(h.get("step")), as_float(h.get("train_mse")), as_float(h.get("validation_mse")))
+            for h in run.history]
+    rows = [r for r in rows if np.isfinite(r[0]) and np.isfinite(r[1]) and np.isfinite(r[2])]
+    if not rows:
+        return None
+    lowest = min(rows, key=lambda r: r[2])  # the first step, on ties
+    return {"final_train_mse": rows[-1][1], "final_validation_mse": rows[-1][2],
+            "lowest_validation_mse": lowest[2], "lowest_at": int(lowest[0])}
+
+
+def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str, str]:
+    """Per section: one Markdown row per (size, algorithm, task, variant) of ``algos`` with the
+    mean ± std over seeds of the final training and validation action MSE and of the lowest
+    validation MSE, and the step of each seed's lowest (paper Figures 4, 8 and 9 as numbers)."""
+    cells = group_cells([r for r in runs if r.algo in algos])
+    out = {}
+    for section in ordered({key[0] for key in cells}, KIND_ORDER):
+        keys = sorted((k for k in cells if k[0] == section),
+                      key=lambda k: (k[2] is None, k[2] or 0, algo_rank(k[1]), k[1], family_rank(k[3]), k[3],
+                                     variant_rank(k[4]), k[4]))
+        rows = []
+        for _, algo, size, family, variant in keys:
+            members = cells[(section, algo, size, family, variant)]
+            summaries = [m for m in map(mse_summary, members) if m is not None]
+            if not summaries:
+                continue
+
+            def stat(name: str) -> str:
+                mean, std, _ = mean_std(m[name] for m in summaries)
+                return f"{mean:.4f} ± {std:.4f}"
+
+            rows.append([count_label(size), algo_name(algo), family_name(family), variant,
+                         stat("final_train_mse"), stat("final_validation_mse"), stat("lowest_validation_mse"),
+                         ", ".join(count_label(m["lowest_at"]) for m in summaries)])
+        if rows:
+            out[section] = markdown_table(["Size", "Algorithm", "Task", "Variant", "train MSE (final)",
+                                            "validation MSE (final)", "lowest validation MSE",
+                                            "lowest at (per seed)"], rows)
+    return out
+
+
+def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
+    """IQM of final normalised scores with stratified-bootstrap 95% CIs.
+
+    One estimate per (section, algo, size, variant), strata = tasks; plus size "all" with strata
+    = (size, task) pairs when there are several sizes.
+    """
+    groups: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    pooled: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if np.isfinite(run.final_score):
+            groups[(run.section, run.algo, run.size, run.variant)][(run.family,)].append(run.final_score)
+            pooled[(run.section, run.algo, run.variant)][(run.size, run.family)].append(run.final_score)
+    for (section, algo, variant), strata in pooled.items():
+        if len({size for size, _ in strata}) > 1:  # an "all sizes" estimate only when it differs
+            groups[(section, algo, "all", variant)] = strata
+    estimates = []
+    for (section, algo, size, variant), strata in groups.items():
+        point, lo, hi = stratified_bootstrap_ci(list(strata.values()), reps=reps, seed=seed)
+        estimates.append({
+            "section": section, "algo": algo, "size": size, "variant": variant, "iqm": point, "ci_low": lo,
+            "ci_high": hi, "n_scores": sum(len(v) for v in strata.values()), "n_tasks": len(strata),
+        })
+    return estimates
+
+
+# ----------------------------------------------------------------------------- table files
+
+
+def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict]) -> list[Item]:
+    items = []
+    _write_final_scores(runs, directory / "final_scores.csv")
+    for metric, name, what in (("final_score", "normalized_score", "final normalised score"),
+                               ("final_return", "final_return", "final return"),
+                               ("late_score", "late_normalized_score", "late normalised score")):
+        tables = comparison_tables(runs, metric, paper)
+        if not tables:
+            continue
+        md = "\n\n".join(f"### {section}\n\n{t['markdown']}" for section, t in tables.items())
+        tex = "% needs \\usepackage{booktabs,xcolor,graphicx}\n" + "\n\n".join(t["latex"] for t in tables.values())
+        (directory / f"{name}.md").write_text(f"# {what}: dense → Sparse-Reg\n\n{md}\n")
+        (directory / f"{name}.tex").write_text(tex + "\n")
+        paper_note = (
+            " Rows in italics are the paper's numbers for the same cell (Tables 1 and 4: D4RL -v2 data, "
+            "mujoco-py, 1M steps, 5 seeds), normalised with D4RL's reference scores; ours are gymnasium -v5 "
+            "environments with this project's own behaviour policies: compare levels and the direction of "
+            "the change, not the numbers one to one."
+            if metric == "final_score" and "*paper " in md else ""
+        )
+        statistic = (
+            "the mean of each run's evaluations in the last 20% of training (a steadier view than the "
+            "last evaluation alone; not a statistic the paper reports)"
+            if metric == "late_score" else "the last evaluation"
+        )
+        items.append(Item(
+            "Tables", directory / f"{name}.md",
+            f"{what.capitalize()} without sparsity → with Sparse-Reg, mean ± std (ddof=0) over seeds of "
+            f"{statistic}; ▲ and bold: Sparse-Reg better, ▼: worse; (n=a/b): seeds when they differ. "
+            f"LaTeX: [{name}.tex](tables/{name}.tex).{paper_note}",
+            inline=md,
+        ))
+    variants = variant_tables(runs)
+    if variants:
+        md = "\n\n".join(f"### {section}\n\n{t['markdown']}" for section, t in variants.items())
+        (directory / "variants.md").write_text(f"# Final normalised score per variant\n\n{md}\n")
+        (directory / "variants.tex").write_text(
+            "% needs \\usepackage{booktabs,graphicx}\n" + "\n\n".join(t["latex"] for t in variants.values()) + "\n"
+        )
+        items.append(Item("Tables", directory / "variants.md",
+                          "Final normalised score of every variant (mean ± std over seeds; best of a row in bold). "
+                          "LaTeX: [variants.tex](tables/variants.tex).", inline=md))
+    return items
+
+
+def mse_table_items(runs: Sequence[Run], directory: Path, algos: Sequence[str]) -> list[Item]:
+    tables = mse_tables(runs, algos)
+    if not tables:
+        return []
+    md = "\n\n".join(f"### {section}\n\n{table}" for section, table in tables.items())
+    (directory / "action_mse.md").write_text(f"# Action MSE: training vs validation\n\n{md}\n")
+    return [Item("Tables", directory / "action_mse.md",
+                 "MSE between the policy's and the dataset's actions on the training set and on held-out "
+                 "validation episodes at the last evaluation, and the lowest validation MSE of the run, mean ± std "
+                 "(ddof=0) over seeds; 'lowest at': the step of each seed's lowest validation MSE. A low final "
+                 "training MSE with a validation MSE well above its lowest is overfitting (paper Figures 4, 8, 9).",
+                 inline=md)]
+
+
+def _write_final_scores(runs: Sequence[Run], path: Path) -> None:
+    columns = ["section", "algo", "kind", "family", "size", "variant", "seed", "steps", "final_return",
+               "final_normalized_score", "path"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in sorted(runs, key=lambda r: (r.section, r.algo, r.size or 0, r.family, r.variant, r.seed)):
+            writer.writerow([r.section, r.algo, r.kind, r.family, r.size, r.variant, r.seed, r.steps,
+                             r.final_return, r.final_score, str(r.path)])
+
+
+def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
+    with open(directory / "iqm.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(estimates[0]))
+        writer.writeheader()
+        writer.writerows(estimates)
+    parts = []
+    for section in ordered({e["section"] for e in estimates}, KIND_ORDER):
+        mine = [e for e in estimates if e["section"] == section]
+        sizes = ordered_sizes([e["size"] for e in mine if e["size"] != "all"])
+        sizes += ["all"] if any(e["size"] == "all" for e in mine) else []
+        keys = sorted({(e["algo"], e["variant"]) for e in mine},
+                      key=lambda k: (algo_rank(k[0]), k[0], variant_rank(k[1]), k[1]))
+        lookup = {(e["algo"], e["variant"], e["size"]): e for e in mine}
+        rows = []
+        for algo, variant in keys:
+            row = [algo_name(algo), variant]
+            for size in sizes:
+                e = lookup.get((algo, variant, size))
+                row.append(MISSING if e is None else f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] (n={e['n_scores']})")
+            rows.append(row)
+        header = ["Algorithm", "Variant", *[count_label(s) if s != "all" else "all sizes" for s in sizes]]
+        parts.append(f"### {section}\n\n{markdown_table(header, rows)}")
+    md = "\n\n".join(parts)
+    (directory / "iqm.md").write_text(f"# IQM of final normalised scores, 95% stratified bootstrap CI\n\n{md}\n")
+    return Item("Tables", directory / "iqm.md",
+                f"IQM [95% CI] of the final normalised scores over tasks and seeds (n = number of scores); "
+                f"stratified bootstrap with {reps} replicates, percentile interval. CSV: [iqm.csv](tables/iqm.csv).",
+                inline=md)
