@@ -295,6 +295,22 @@ def test_cli_entry_on_a_sweep_with_nothing_finished(tmp_path, capsys):
     assert str(tmp_path / "out" / "index.md") in capsys.readouterr().out
 
 
+def test_cli_mse_algos_adds_the_action_mse_table_for_other_algorithms(tmp_path):
+    import argparse
+
+    from sparse_reg.cli import add_report_arguments, cmd_report
+
+    for variant in ("dense", "sparse"):
+        _write_run(tmp_path / "runs" / f"iql-{variant}" / "seed_0", "iql-paper-code", "hopper", variant, 0, 10.0)
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    for extra, expected in (([], False), (["--mse-algos", "bc,iql-paper-code"], True)):
+        out = tmp_path / f"out{len(extra)}"
+        assert cmd_report(parser.parse_args([str(tmp_path / "runs"), "--out", str(out), "--no-paper", *extra])) == 0
+        assert (out / "tables" / "action_mse.md").exists() == expected
+    assert "IQL (paper code)" in (out / "tables" / "action_mse.md").read_text()
+
+
 def test_late_score_averages_the_last_fifth_of_training(built):
     from sparse_reg.experiments.runs import Run
 

@@ -187,7 +187,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .commands import report_command
 
     return report_command(args.runs_dir, args.out, args.paper_csv, include_paper=not args.no_paper,
-                          reps=args.bootstrap_reps, seed=args.seed)
+                          reps=args.bootstrap_reps, seed=args.seed, mse_algos=tuple(args.mse_algos.split(",")))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -219,6 +219,8 @@ def add_report_arguments(parser) -> None:
     parser.add_argument("--no-paper", action="store_true", help="leave the paper's numbers out")
     parser.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replicates for the IQM CIs")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--mse-algos", default="bc", help="comma-separated algorithms whose actors get the train / "
+                        "validation action-MSE table and figures (default: bc, as the paper; e.g. bc,iql,awac)")
 
 
 def add_export_arguments(parser) -> None:

@@ -37,13 +37,15 @@ def report_command(
     include_paper: bool = True,
     reps: int = 2000,
     seed: int = 0,
+    mse_algos: tuple[str, ...] = ("bc",),
 ) -> int:
     """``sparse-reg report RUNS_DIR --out DIR``: write the report (default: into RUNS_DIR/report)
     and print where its index.md is."""
     from .experiments.report import write_report  # the plotting stack only when a report is made
 
     out = Path(out) if out else Path(runs_dir) / "report"
-    index = write_report(runs_dir, out, paper_csv, include_paper=include_paper, reps=reps, seed=seed)
+    index = write_report(runs_dir, out, paper_csv, include_paper=include_paper, reps=reps, seed=seed,
+                         mse_algos=mse_algos)
     print(next((line for line in index.read_text().splitlines() if line.startswith("Generated")), ""))
     print(f"report: {index}")
     return 0
