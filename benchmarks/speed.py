@@ -127,6 +127,25 @@ def evaluation_seconds(episodes: int = 10, repeats: int = 3) -> float:
     return best
 
 
+def agent_evaluate_seconds(episodes: int = 10, repeats: int = 3) -> dict:
+    """``Agent.evaluate`` (what ``sparse-reg evaluate`` runs) of ``episodes`` full HalfCheetah episodes
+    with an IQL agent: the first call (compiles the policy once) and the best later call."""
+    from sparse_reg.data.dataset import Normalizer
+    from sparse_reg.training.trainer import Agent
+
+    state, _ = initial_state(RunConfig(algo="iql", sparsity=0.0), OBS_DIM, ACTION_DIM, False)
+    agent = Agent(ALGORITHMS["iql"], state, Normalizer.identity(OBS_DIM), ENV, None, 0)
+    started = time.perf_counter()
+    agent.evaluate(episodes, seed=0)
+    first = time.perf_counter() - started
+    best = float("inf")
+    for r in range(repeats):
+        started = time.perf_counter()
+        agent.evaluate(episodes, seed=r + 1)
+        best = min(best, time.perf_counter() - started)
+    return {"episodes": episodes, "first_call_s": round(first, 3), "later_call_s": round(best, 3)}
+
+
 def small_dataset(size: int):
     rng_policy = lambda obs, rng: rng.uniform(-1, 1, (obs.shape[0], ACTION_DIM)).astype(np.float32)  # noqa: E731
     data = collect_rollouts(rng_policy, ENV, size, seed=0)
@@ -190,8 +209,8 @@ def main() -> None:
     os.environ[CACHE_ENV] = "off"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
-    parser.add_argument("--only", choices=["updates", "seeds"], default=None,
-                        help="measure only updates/s, or only 5 seeds vs 1 (each to its own file)")
+    parser.add_argument("--only", choices=["updates", "seeds", "evaluate"], default=None,
+                        help="measure only updates/s, only 5 seeds vs 1, or only Agent.evaluate (each to its own file)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     steps = 200 if args.quick else 5_000
@@ -209,6 +228,11 @@ def main() -> None:
     }
     if args.only == "seeds":
         return _seeds_only(results, args, device, steps)
+    if args.only == "evaluate":
+        results.pop("updates_per_s")
+        results["agent_evaluate"] = agent_evaluate_seconds(episodes=2 if args.quick else 10)
+        print(f"Agent.evaluate of HalfCheetah episodes: {results['agent_evaluate']}", flush=True)
+        return _write(results, args, device, suffix="-evaluate")
     for algo in ALGORITHMS:
         for sparsity in (0.0, 0.95):
             rate = updates_per_second(algo, sparsity, steps)
@@ -235,6 +259,8 @@ def main() -> None:
         return _write(results, args, device, suffix="-updates")
     results["eval_10_episodes_s"] = round(evaluation_seconds(), 3)
     print(f"10 HalfCheetah evaluation episodes: {results['eval_10_episodes_s']} s", flush=True)
+    results["agent_evaluate"] = agent_evaluate_seconds(episodes=2 if args.quick else 10)
+    print(f"Agent.evaluate of HalfCheetah episodes: {results['agent_evaluate']}", flush=True)
 
     with scratch(args.quick) as (dataset, work):
         results["five_seeds_vs_one"] = five_seeds_vs_one(dataset, steps, work)

@@ -474,6 +474,17 @@ def test_xavier_normal_initialisation_has_torchs_variance():
         IQLConfig(weight_init="orthogonal")
 
 
+def test_paper_code_options_are_type_checked():
+    for make, match in ((lambda: IQLConfig(tanh_mean="abc"), "tanh_mean must be true or false"),
+                        (lambda: AWACConfig(clip_sampled_actions=1), "clip_sampled_actions must be true or false"),
+                        (lambda: AWACConfig(actor_lr_decay_steps=2.5), "whole number"),
+                        (lambda: AWACConfig(actor_lr_decay_steps=-1), ">= 0 or None"),
+                        (lambda: IQLConfig(actor_lr_decay_steps=None), "whole number")):
+        with pytest.raises(ValueError, match=match):
+            make()
+    assert AWACConfig(actor_lr_decay_steps=None).actor_lr_decay_steps is None  # None: constant learning rate
+
+
 def test_awac_actor_learning_rate_is_constant_unless_a_horizon_is_set():
     for decay_steps, moves in ((None, True), (0, False), (1_000_000, True)):
         config = AWACConfig(network=TINY, actor_lr_decay_steps=decay_steps)

@@ -16,7 +16,10 @@ TINY = ["--size", "1000", "--validation-size", "500", "--steps", "100", "--eval-
 
 
 def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -146,3 +149,117 @@ def test_npz_round_trip_through_cli_keeps_env(tmp_path, capsys, hopper_random):
     save_npz(hopper_random, path)  # stores env id: no --env needed
     code, _, err = run_cli(capsys, "train", "--algo", "bc", "--dataset", path, "--out", tmp_path / "r", *TINY)
     assert code == 0, err
+
+
+# ----------------------------------------------------------------------------- validation before anything is made
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--set", "beta=abc"], "beta must be a number"),
+    (["--set", "batch_size=2.5"], "batch_size must be a whole number"),
+    (["--set", "batch_size=0"], "batch_size must be > 0"),
+    (["--hidden-dims", "0"], "hidden_dims must be positive"),
+    (["--seeds", ""], "--seeds"),
+    (["--reference", "d4rl-ish"], "reference"),
+])
+def test_bad_options_fail_in_one_line_and_leave_no_run_directory(tmp_path, capsys, hopper_random_npz, argv, fragment):
+    out = tmp_path / "r"
+    expect_error(capsys, fragment, "train", "--algo", "iql", "--dataset", hopper_random_npz, "--out", out, *TINY, *argv)
+    assert not out.exists()  # nothing half-made that would block the corrected command
+
+
+def test_out_pointing_to_a_file_fails_in_one_line(tmp_path, capsys, hopper_random_npz):
+    (tmp_path / "file").write_text("not a directory")
+    expect_error(capsys, "not a directory", "train", "--algo", "bc", "--dataset", hopper_random_npz,
+                 "--out", tmp_path / "file", *TINY)
+    expect_error(capsys, "under a file", "train", "--algo", "bc", "--dataset", hopper_random_npz,
+                 "--out", tmp_path / "file" / "run", *TINY)
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_counts_in_a_config_are_read_like_on_the_command_line():
+    from sparse_reg.training.config import RunConfig
+
+    assert RunConfig(size="2k", steps="1M").size == 2000  # e.g. size = ["2k"] in a TOML grid
+    with pytest.raises(ValueError, match="size must be a whole number"):
+        RunConfig(size="2 thousand")
+
+
+def test_actions_outside_the_policy_range_are_warned_about(tmp_path, capsys, hopper_random):
+    arrays = hopper_random.arrays()
+    arrays["actions"] = arrays["actions"] * 2.0
+    path = tmp_path / "hopper_wide.npz"
+    np.savez(path, **arrays)
+    with pytest.warns(UserWarning, match=r"policies act in \[-1, 1\]"):
+        code, _, err = run_cli(capsys, "train", "--algo", "bc", "--dataset", path, "--out", tmp_path / "r", *TINY)
+    assert code == 0, err
+
+
+# ----------------------------------------------------------------------------- conventions
+
+
+def test_version_help_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("sparse-reg 0.")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: iql)", "(default: 10000)", "(default: 1000000)", "(default: [256, 256])",
+                    "(default: dataset)", "(default: auto)"):
+        assert default in text, default
+    assert "examples: sparse-reg train" in text and text.rstrip().endswith("# continue after an interruption")
+
+
+def test_datasets_list_is_not_truncated_when_piped(tmp_path, monkeypatch):
+    from sparse_reg.console import wide_console
+
+    console = wide_console(file=open(tmp_path / "out.txt", "w"))  # a file: not a terminal
+    assert not console.is_terminal and console.width >= 200
+
+
+def test_exported_policy_runs_without_the_project_and_matches_agent_act(tmp_path, capsys, hopper_random_npz,
+                                                                           hopper_random):
+    import subprocess
+    import sys
+
+    from sparse_reg.training.trainer import load_agent
+
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--algo", "iql", "--dataset", hopper_random_npz, "--out", out, *TINY)
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, "export-policy", out, "--out", tmp_path / "policy.jaxexport")
+    assert code == 0 and "policy.jaxexport" in stdout, err
+    observations = hopper_random.observations[:5]
+    np.save(tmp_path / "obs.npy", observations)
+    loader = (
+        "import sys, jax, numpy as np\n"
+        f"policy = jax.export.deserialize(open({str(tmp_path / 'policy.jaxexport')!r}, 'rb').read())\n"
+        f"obs = np.load({str(tmp_path / 'obs.npy')!r})\n"
+        f"np.save({str(tmp_path / 'actions.npy')!r}, np.asarray(policy.call(obs)))\n"
+        "np.asarray(policy.call(obs[:1]))  # any batch size\n"
+        "assert not any(m.startswith('sparse_reg') for m in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", loader], check=True, capture_output=True, text=True, cwd=tmp_path)
+    expected = load_agent(out).act(observations)
+    np.testing.assert_allclose(np.load(tmp_path / "actions.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_readme_python_snippet_runs_on_a_tiny_budget(tmp_path, hopper_random_npz, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    snippet = readme.split("## Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    tiny = {
+        '"halfcheetah-expert-v0"': repr(hopper_random_npz),
+        "size=10_000": "size=1000, validation_size=500, eval_every=100, eval_episodes=1, hidden_dims=(16, 16)",
+        "steps=100_000": "steps=100",
+        "episodes=3": "episodes=1",
+    }
+    for full, small in tiny.items():
+        assert full in snippet, full  # the test follows the README
+        snippet = snippet.replace(full, small)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # every name it uses is defined in it
+    assert namespace["actions"].shape == (5, 3) and (tmp_path / "policy.jaxexport").is_file()

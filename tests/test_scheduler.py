@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from sparse_reg.training.checkpoint import CHECKPOINT_INFO
+from sparse_reg.training.checkpoint import save_checkpoint
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.parallel import _batches, _queue, run_all, seed_jobs
 
@@ -50,7 +48,7 @@ def test_batches_take_the_seeds_of_one_config_with_the_same_resume_state_and_ste
     resume = [True, True, True, False, False]
     for job, step in zip(dense, (100, 100, 200)):  # seed 2 was checkpointed later than seeds 0 and 1
         job.out.mkdir(parents=True)
-        (job.out / CHECKPOINT_INFO).write_text(json.dumps({"step": step}))
+        save_checkpoint(job.out, step, {}, {})
     assert _batches(jobs, resume, width=None) == [[0, 1], [2], [3, 4]]
     # One at a time (sequential): grouped by resume state only, in order within each group.
     assert _batches(jobs, [False, True, False, True, False], width=1) == [[0], [2], [4], [1], [3]]

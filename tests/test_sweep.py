@@ -25,6 +25,7 @@ from sparse_reg.experiments.sweep import (
     run_sweep,
     select,
 )
+from sparse_reg.training.checkpoint import save_checkpoint
 from sparse_reg.training.config import RunConfig
 
 # cells per packaged config, and seeds per budget (quick, paper)
@@ -189,7 +190,7 @@ def fake_run(run, summary=False, checkpoint=False, config: RunConfig | None = No
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "config.json").write_text(json.dumps((config or run.job.config).to_dict()))
     if checkpoint:
-        (run.out / "checkpoint.json").write_text(json.dumps({"step": 100}))
+        save_checkpoint(run.out, 100, {}, {})
     if summary:
         (run.out / "summary.json").write_text("{}")
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.logging import read_rows
 from sparse_reg.training.trainer import load_agent, train
@@ -104,7 +105,7 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
 
     with pytest.raises(Interrupt):
         train(config, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_400)
-    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"] == 400
+    assert checkpoint_step(tmp_path / "cut") == 400
     train(config, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
 
     def comparable(rows):

@@ -29,27 +29,61 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+class Parser(argparse.ArgumentParser):
+    """Every option's help shows its default; a usage error is one line, like every other error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"sparse-reg: error: {message} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every option's help (not for flags or options without one); epilogs kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+TRAIN_EXAMPLES = """examples:
+  sparse-reg train --algo iql --dataset halfcheetah-expert-v0 --size 10k --out runs/iql-sparse
+  sparse-reg train --algo iql --sparsity 0 --out runs/iql-dense            # the dense baseline
+  sparse-reg train --algo td3bc --dataset data.npz --env Hopper-v5 --set alpha=2.5 --out runs/td3bc
+  sparse-reg train --algo bc --seeds 0,1,2,3,4 --out runs/bc               # runs/bc/seed_0 ... seed_4
+  sparse-reg train --out runs/iql-sparse --resume                          # continue after an interruption
+"""
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="iql", help="bc, td3bc, awac, iql, awac-paper-code or iql-paper-code (default: "
-                   "iql); the *-paper-code variants compute what the paper's released code computes (docs/experiments.md)")
+    p.add_argument("--algo", default="iql", help="bc, td3bc, awac, iql, awac-paper-code or iql-paper-code; the "
+                   "*-paper-code variants compute what the paper's released code computes (docs/experiments.md)")
     p.add_argument("--dataset", default="halfcheetah-expert-v0", help="project dataset name, Minari id, .hdf5 or .npz path")
     p.add_argument("--env", default=None, help="gymnasium id, if the dataset does not name it")
-    p.add_argument("--size", type=_int, default=10_000, help="training transitions (default 10k; 0 = all)")
-    p.add_argument("--subsample", choices=["trajectories", "first"], default="trajectories")
+    p.add_argument("--size", type=_int, default=10_000, help="training transitions (0 = all)")
+    p.add_argument("--subsample", choices=["trajectories", "first"], default="trajectories",
+                   help="whole episodes at random, or the dataset's first rows")
     p.add_argument("--validation-size", type=_int, default=200_000, help="held-out transitions (capped by availability)")
     p.add_argument("--sparsity", default="auto", help="'auto' (95%% up to 25k transitions, else 75%%) or a fraction in [0, 1)")
-    p.add_argument("--mask-interval", type=_int, default=5_000)
+    p.add_argument("--mask-interval", type=_int, default=5_000, help="steps between Sparse-Reg mask refreshes")
     p.add_argument("--mask-until", type=_int, default=200_000, help="0 = masks fixed at initialisation (SFI)")
-    p.add_argument("--steps", type=_int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=_int, default=5_000)
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--hidden-dims", type=_int, nargs="+", default=[256, 256])
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--layer-norm", action="store_true")
+    p.add_argument("--steps", type=_int, default=1_000_000, help="gradient steps")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data subset, initialisation, batches)")
+    p.add_argument("--eval-every", type=_int, default=5_000, help="steps between evaluations and checkpoints")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    p.add_argument("--hidden-dims", type=_int, nargs="+", default=[256, 256], help="hidden layer widths")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
+    p.add_argument("--layer-norm", action="store_true", help="LayerNorm after every hidden layer")
     p.add_argument("--spectral-norm", action="store_true", help="on the penultimate layer")
     p.add_argument("--l1", type=float, default=0.0, help="L1 penalty coefficient on weights")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (paper: 0.01)")
+    p.add_argument("--reference", default="dataset", metavar="dataset|d4rl|RANDOM,EXPERT",
+                   help="returns that normalise scores: 'dataset' = what the data carries (project datasets: the "
+                   "returns of their own expert and of random actions; files: values stored in them, else D4RL's), "
+                   "'d4rl' = D4RL's published values (as papers report), or two numbers")
     p.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="algorithm option, e.g. --set beta=3.0 (repeatable)")
 
@@ -77,15 +111,19 @@ def run_config_from_args(args: argparse.Namespace):
         spectral_norm=args.spectral_norm,
         l1=args.l1,
         weight_decay=args.weight_decay,
+        reference=args.reference,
         algo_options=dict(args.set),
     )
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers, e.g. 0,1,2, got '{text}'")
+    return seeds
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,6 +166,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else
           f"step {result['step']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
           f"over {args.episodes} episodes, normalised score {result['normalized_score']:.1f}")
+    return 0
+
+
+def cmd_export_policy(args: argparse.Namespace) -> int:
+    from .training.trainer import load_agent
+
+    agent = load_agent(args.path)
+    data = agent.export_policy(args.out)
+    print(f"policy of {args.path} (step {agent.step}, {agent.env_id}) -> {args.out} ({len(data):,} bytes); "
+          "load it with jax.export.deserialize (see README, 'Policy export')")
     return 0
 
 
@@ -208,7 +256,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
                    "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_report_arguments(parser) -> None:
@@ -230,10 +278,11 @@ def add_export_arguments(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse-reg", description="Offline RL on small datasets with Sparse-Reg.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="sparse-reg", description="Offline RL on small datasets with Sparse-Reg.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("train", help="train one agent")
+    p = sub.add_parser("train", help="train one agent", epilog=TRAIN_EXAMPLES)
     add_run_arguments(p)
     p.add_argument("--out", required=True, help="run directory (with --seeds: one sub-directory seed_<s> per seed)")
     p.add_argument("--seeds", type=_seeds, default=None, help="several seeds in one command, e.g. 0,1,2,3,4")
@@ -241,45 +290,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --seeds run: vmap on an accelerator, one pinned process per core on CPU (auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-evaluate a saved agent")
     p.add_argument("path", help="run directory or its checkpoint file")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+    p.add_argument("--seed", type=int, default=0, help="environment seed of the first episode")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export-policy", help="write a saved agent's deterministic policy (normaliser included) "
+                       "as a jax.export file that runs with jax and numpy only")
+    p.add_argument("path", help="run directory or its checkpoint file")
+    p.add_argument("--out", required=True, help="file to write, e.g. policy.jaxexport")
+    p.set_defaults(func=cmd_export_policy)
+
     p = sub.add_parser("datasets", help="list or build the project's MuJoCo datasets")
-    p.add_argument("action", choices=["list", "make"])
-    p.add_argument("names", nargs="*")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("action", choices=["list", "make"], help="list the datasets, or build some")
+    p.add_argument("names", nargs="*", help="datasets to build (make), or 'all'")
+    p.add_argument("--seed", type=int, default=0, help="build seed")
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("demo", help="dense vs Sparse-Reg, BC and IQL, on a small budget")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--dataset", default="halfcheetah-expert-v0")
-    p.add_argument("--size", type=_int, default=10_000)
-    p.add_argument("--steps", type=_int, default=20_000)
+    p.add_argument("--out", default="runs/demo", help="directory of the demo's runs and figure")
+    p.add_argument("--dataset", default="halfcheetah-expert-v0", help="dataset name or path")
+    p.add_argument("--size", type=_int, default=10_000, help="training transitions")
+    p.add_argument("--steps", type=_int, default=20_000, help="gradient steps per run")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="run a paper experiment's grid of runs (skips finished runs, resumes others)")
     p.add_argument("config", help="packaged experiment name (see 'experiments list') or a .toml path")
-    p.add_argument("--budget", default="quick",
-                   help="a [budgets.<name>] of the config: quick, paper, or another it defines (e.g. table1's long)")
+    p.add_argument("--budget", default="quick", help="a [budgets.<name>] of the config: quick (short runs), paper "
+                   "(the paper's protocol) or another it defines (e.g. table1's long)")
     add_sweep_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("experiments", help="list the packaged paper experiments")
-    p.add_argument("action", choices=["list"])
+    p.add_argument("action", choices=["list"], help="list them")
     p.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("reproduce", help="sweep a paper experiment, then write its report")
     p.add_argument("name", help="packaged experiment name or a .toml path")
-    p.add_argument("--budget", required=True, help="a [budgets.<name>] of the config: quick, paper, or another it defines")
+    p.add_argument("--budget", required=True, help="a [budgets.<name>] of the config: quick (short runs), paper "
+                   "(the paper's protocol) or another it defines")
     add_sweep_arguments(p)
     p.add_argument("--report-dir", default=None, help="default: reports/<budget>/<experiment>")
     p.set_defaults(func=cmd_reproduce)
@@ -293,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     p.set_defaults(func=cmd_export)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sparse-reg")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
 from ..networks import KERNEL_INITS, GaussianActor, NetworkConfig, TwinQ, gaussian_log_prob
-from .base import Algorithm, Batch, Regularization, make_optimizer
+from .base import Algorithm, Batch, Regularization, check_options, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,14 @@ class AWACConfig:
     regularization: Regularization = field(default_factory=Regularization)
 
     def __post_init__(self):
+        check_options(
+            self,
+            positive=("actor_learning_rate", "critic_learning_rate", "batch_size", "awac_lambda", "exp_adv_max"),
+            rates=("tau",),
+            fractions=("discount",),
+        )
         if self.actor_lr_decay_steps is not None and self.actor_lr_decay_steps < 0:
-            raise ValueError(f"actor_lr_decay_steps must be >= 0 or None, got {self.actor_lr_decay_steps}")
+            raise ValueError(f"option actor_lr_decay_steps must be >= 0 or None, got {self.actor_lr_decay_steps}")
         if self.weight_init not in KERNEL_INITS:
             raise ValueError(f"unknown weight_init '{self.weight_init}': choose one of {', '.join(KERNEL_INITS)}")
 

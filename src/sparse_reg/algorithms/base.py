@@ -8,6 +8,9 @@ with the same loss, so a new algorithm gets Sparse-Reg by declaring ``losses``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -67,3 +70,45 @@ class Algorithm(NamedTuple):
     update: Callable[[Any, Batch], tuple[Any, dict]]  # pure; jit/scan/vmap friendly
     act: Callable[[Any, jax.Array], jax.Array]  # deterministic action for normalised observations
     losses: Mapping[str, Callable]  # network field -> loss(state, batch, key) -> (loss, metrics)
+
+
+def check_options(
+    config: Any,
+    positive: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    rates: tuple[str, ...] = (),
+    fractions: tuple[str, ...] = (),
+) -> None:
+    """Validate an algorithm config where it is made, so the CLI, TOML files and Python all get it.
+
+    Types follow the field annotations (``int``: whole numbers, ``float``: real numbers; integral
+    floats and ints are converted; ``bool`` and ``str`` exactly; ``X | None``: None or an X); then ranges: ``positive`` > 0, ``non_negative`` >= 0, ``rates``
+    in (0, 1] (e.g. tau), ``fractions`` in [0, 1] (e.g. discount). One-line ValueError otherwise.
+    """
+    for f in dataclasses.fields(config):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        value = getattr(config, f.name)
+        if kind.endswith(" | None"):  # optional: None, or a value of the type before the bar
+            if value is None:
+                continue
+            kind = kind[: -len(" | None")]
+        if kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"option {f.name} must be true or false, got {value!r}")
+        if kind == "str" and not isinstance(value, str):
+            raise ValueError(f"option {f.name} must be a string, got {value!r}")
+        if kind not in ("int", "float"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"option {f.name} must be a {'whole ' if kind == 'int' else ''}number, got {value!r}")
+        if kind == "int" and not float(value).is_integer():
+            raise ValueError(f"option {f.name} must be a whole number, got {value!r}")
+        object.__setattr__(config, f.name, int(value) if kind == "int" else float(value))
+    for names, ok, wanted in (
+        (positive, lambda v: v > 0, "> 0"),
+        (non_negative, lambda v: v >= 0, ">= 0"),
+        (rates, lambda v: 0 < v <= 1, "in (0, 1]"),
+        (fractions, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ):
+        for name in names:
+            if not ok(getattr(config, name)):
+                raise ValueError(f"option {name} must be {wanted}, got {getattr(config, name)!r}")

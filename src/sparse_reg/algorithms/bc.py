@@ -13,7 +13,7 @@ from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
 from ..networks import DeterministicActor, NetworkConfig
-from .base import Algorithm, Batch, Regularization, make_optimizer
+from .base import Algorithm, Batch, Regularization, check_options, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class BCConfig:
     batch_size: int = 256
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
+
+    def __post_init__(self):
+        check_options(self, positive=("learning_rate", "batch_size"))
 
 
 class BCState(struct.PyTreeNode):

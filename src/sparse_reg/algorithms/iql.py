@@ -36,7 +36,7 @@ from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
 from ..networks import KERNEL_INITS, GaussianActor, NetworkConfig, StateValue, TwinQ, gaussian_log_prob
-from .base import Algorithm, Batch, Regularization, make_optimizer
+from .base import Algorithm, Batch, Regularization, check_options, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,15 @@ class IQLConfig:
     regularization: Regularization = field(default_factory=Regularization)
 
     def __post_init__(self):
-        if self.actor_lr_decay_steps < 0:
-            raise ValueError(f"actor_lr_decay_steps must be >= 0 (0 = the run's length), got {self.actor_lr_decay_steps}")
+        check_options(
+            self,
+            positive=("actor_learning_rate", "critic_learning_rate", "value_learning_rate", "batch_size", "exp_adv_max"),
+            non_negative=("beta", "actor_lr_decay_steps"),  # actor_lr_decay_steps 0 = the run's length
+            rates=("tau",),
+            fractions=("discount",),
+        )
+        if not 0 < self.expectile < 1:
+            raise ValueError(f"option expectile must be in (0, 1), got {self.expectile}")
         if self.weight_init not in KERNEL_INITS:
             raise ValueError(f"unknown weight_init '{self.weight_init}': choose one of {', '.join(KERNEL_INITS)}")
 

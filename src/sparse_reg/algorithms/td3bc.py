@@ -19,7 +19,7 @@ from flax import struct
 
 from ..masked_net import MaskedNet, value_and_grad_of
 from ..networks import DeterministicActor, NetworkConfig, TwinQ
-from .base import Algorithm, Batch, Regularization, make_optimizer
+from .base import Algorithm, Batch, Regularization, check_options, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,15 @@ class TD3BCConfig:
     policy_freq: int = 2
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
+
+    def __post_init__(self):
+        check_options(
+            self,
+            positive=("actor_learning_rate", "critic_learning_rate", "batch_size", "policy_freq"),
+            non_negative=("alpha", "policy_noise", "noise_clip"),
+            rates=("tau",),
+            fractions=("discount",),
+        )
 
 
 class TD3BCState(struct.PyTreeNode):

@@ -8,6 +8,7 @@ e.g. by a time limit or by subsampling) flag is set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +103,20 @@ class Dataset:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAY_FIELDS}
+
+    def fingerprint(self) -> str:
+        """A short hash of the transitions (all arrays, in order): equal data, equal fingerprint,
+        however it was loaded; recorded with every run so a resume on other data is refused."""
+        digest = hashlib.sha256()
+        for name in ARRAY_FIELDS:
+            array = np.ascontiguousarray(getattr(self, name))
+            digest.update(f"{name}{array.shape}{array.dtype.str}".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()[:16]
+
+    def identity(self) -> dict:
+        """What a run records about its data: name, size and fingerprint."""
+        return {"name": self.name, "transitions": len(self), "fingerprint": self.fingerprint()}
 
 
 @dataclass(frozen=True)

@@ -108,15 +108,17 @@ def _build_dataset(
         arrays = _next_observations_from_rows(arrays)
         if len(arrays["rewards"]) == 0:
             raise DatasetError(f"{source}: no transition left after building next_observations")
+    reference_source = "file" if reference is not None else None
     if reference is None:
         reference = reference_scores_for(env_id)
+        reference_source = "d4rl" if reference is not None else None
     try:
         return Dataset(
             **{key: arrays[key] for key in ARRAY_FIELDS},
             env_id=env_id,
             name=name,
             reference=reference,
-            metadata=dict(metadata or {}, source=source),
+            metadata=dict(metadata or {}, source=source, reference_source=reference_source),
         )
     except DatasetError as error:
         message = _one_line(error).removeprefix(f"{name}: ")  # the source already names it

@@ -41,3 +41,61 @@ def reference_scores_for(env_id: str | None) -> ReferenceScores | None:
     """D4RL reference scores for the family of ``env_id``, or None for other environments."""
     family = env_family(env_id)
     return D4RL_REFERENCE_SCORES[family] if family else None
+
+
+# --------------------------------------------------------------------------- which reference a run uses
+
+REFERENCE_CHOICES = ("dataset", "d4rl")
+
+
+def describe_reference(dataset) -> str:
+    """Where a dataset's reference scores come from: "project" (measured when the project built it:
+    its own expert policy and random episodes), "file" (stored in the file), "d4rl" (D4RL's published
+    values for the task family), "dataset" (set by whoever made the Dataset), or "none"."""
+    if dataset.reference is None:
+        return "none"
+    recorded = dataset.metadata.get("reference_source")
+    if recorded:
+        return recorded
+    if "build_format" in dataset.metadata:  # a dataset built by sparse_reg.data.registry
+        return "project"
+    if dataset.reference == reference_scores_for(dataset.env_id or dataset.name):
+        return "d4rl"
+    return "dataset"
+
+
+def resolve_reference(choice, dataset, env_id: str | None) -> tuple[ReferenceScores | None, str]:
+    """The reference scores a run normalises returns with, and their source's name.
+
+    ``choice``: "dataset" (what the data carries: see :func:`describe_reference`), "d4rl" (D4RL's
+    values for the environment's family, as papers report), or explicit ``(random, expert)`` returns.
+    """
+    if choice == "dataset":
+        return dataset.reference, describe_reference(dataset)
+    if choice == "d4rl":
+        reference = reference_scores_for(env_id) or reference_scores_for(dataset.name)
+        if reference is None:
+            raise ValueError(f"no D4RL reference scores for environment '{env_id}': use reference=\"dataset\" "
+                             "or give explicit random,expert returns")
+        return reference, "d4rl"
+    random, expert = choice
+    return ReferenceScores(float(random), float(expert)), "explicit"
+
+
+def parse_reference(value):
+    """A config's ``reference``: "dataset", "d4rl", or (random, expert) from a pair or "RANDOM,EXPERT"."""
+    if isinstance(value, str) and value in REFERENCE_CHOICES:
+        return value
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = []
+    try:
+        random, expert = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"reference must be 'dataset', 'd4rl' or RANDOM,EXPERT returns, got {value!r}") from None
+    if not (abs(random) < float("inf") and abs(expert) < float("inf")) or expert == random:
+        raise ValueError(f"reference returns must be finite with expert != random, got {random}, {expert}")
+    return (random, expert)

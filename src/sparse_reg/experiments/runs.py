@@ -25,9 +25,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..data.reference import D4RL_REFERENCE_SCORES, env_family
 from ..sparsity import resolve_sparsity
 from ..training.logging import MASKS_FILE, METRICS_FILE, read_rows
+from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
 from .statistics import as_float, late_mean
 
-SUMMARY_FILE = "summary.json"
 TAGS_FILE = "tags.json"
 PAPER_CSV = Path(__file__).with_name("paper_tables.csv")
 
@@ -166,7 +166,7 @@ def collect_runs(runs_dir: str | Path, exclude: Path | None = None) -> Collectio
     summaries = sorted(p for p in runs_dir.rglob(SUMMARY_FILE) if outside_excluded(p))
     finished = {p.parent for p in summaries}
     unfinished = set()
-    for marker in ("config.json", METRICS_FILE, TAGS_FILE, "checkpoint.json"):
+    for marker in (CONFIG_FILE, METRICS_FILE, TAGS_FILE, CHECKPOINT_FILE):
         unfinished |= {p.parent for p in runs_dir.rglob(marker) if p.parent not in finished and outside_excluded(p)}
     ancestors = {parent for d in finished | unfinished for parent in d.parents}
     for directory in sorted(unfinished):

@@ -34,15 +34,13 @@ from typing import Any, Iterable, Sequence
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job, run_all
+from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUDGETS = ("quick", "paper")
 TAGS_FILE = "tags.json"
 SWEEP_FILE = "sweep.json"
 ERROR_FILE = "error.txt"
-SUMMARY_FILE = "summary.json"  # as written by training.trainer
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.json"
 
 BUDGET_OWNED = ("steps", "seed", "eval_every", "eval_episodes")  # set by the budget only
 RUN_FIELDS = {f for f in RunConfig.__dataclass_fields__}

@@ -1,51 +1,104 @@
-"""Checkpoints: the whole training state (params, masks, optimizer states, RNGs, step) plus
-the run facts needed to rebuild it (dimensions, normaliser, environment, reference scores).
+"""Checkpoints: the whole training state (params, masks, optimizer states, RNGs) with its step and
+the run facts needed to rebuild it (dimensions, normaliser, environment, reference scores, data).
 
-Written atomically (temporary file, then rename) so an interrupted write never leaves a
-half checkpoint behind; only the latest one is kept.
+One file, one commit point: the step, the facts and the state are serialised together, written to a
+temporary file and renamed over the previous checkpoint, so a crash at any moment leaves either the
+old checkpoint or the new one, each complete and self-consistent. A SHA-256 checksum of the content
+is stored in front of it; a damaged file is refused with a :class:`CheckpointError` rather than
+resumed with garbage. Only the latest checkpoint is kept.
+
+File layout: ``MAGIC`` (16 bytes) + SHA-256 of the payload (32 bytes) + payload, where the payload
+is a Flax msgpack of ``{"step", "info" (JSON text), "state"}``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 from flax import serialization
 
-CHECKPOINT_FILE = "checkpoint.msgpack"
-CHECKPOINT_INFO = "checkpoint.json"
+from .run_directory import CHECKPOINT_FILE, LEGACY_CHECKPOINT_INFO, atomic_write
+
+MAGIC = b"sparse-reg-ckpt2"
+_DIGEST_BYTES = 32
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be trusted (corrupt, truncated, inconsistent)."""
 
 
-def save_checkpoint(directory: Path, train_state: Any, info: dict) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    info: dict  # JSON-able run facts; info["step"] == step
+    state_dict: dict  # the train state as a Flax state dict; see restore()
+
+    def restore(self, template: Any) -> Any:
+        """The saved pytree, with the structure of ``template``."""
+        try:
+            return serialization.from_state_dict(template, self.state_dict)
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"checkpoint does not fit this run's train state ({error})") from None
+
+
+def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict) -> None:
     """``train_state`` is any pytree (here: agent state, data key); ``info`` must be JSON-able."""
-    state_dict = serialization.to_state_dict(jax.device_get(train_state))
-    _atomic_write(directory / CHECKPOINT_FILE, serialization.msgpack_serialize(state_dict))
-    _atomic_write(directory / CHECKPOINT_INFO, json.dumps(info, indent=2).encode())
+    info = {**info, "step": int(step)}
+    payload = serialization.msgpack_serialize(
+        {
+            "step": int(step),
+            "info": json.dumps(info),
+            "state": serialization.to_state_dict(jax.device_get(train_state)),
+        }
+    )
+    atomic_write(directory / CHECKPOINT_FILE, MAGIC + hashlib.sha256(payload).digest() + payload)
+    # A run started by an older version also has a checkpoint.json; it is stale from now on.
+    (directory / LEGACY_CHECKPOINT_INFO).unlink(missing_ok=True)
 
 
-def read_checkpoint_info(directory: Path) -> dict:
-    path = directory / CHECKPOINT_INFO
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint in {directory} (missing {CHECKPOINT_INFO})")
-    return json.loads(path.read_text())
-
-
-def load_checkpoint(directory: Path, template: Any) -> Any:
-    """Restore a pytree with the structure of ``template`` from ``directory``."""
+def read_checkpoint(directory: Path) -> Checkpoint:
+    """The checkpoint of run directory ``directory``, verified (checksum, step)."""
     path = directory / CHECKPOINT_FILE
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {directory} (missing {CHECKPOINT_FILE})")
-    state_dict = serialization.msgpack_restore(path.read_bytes())
-    return serialization.from_state_dict(template, state_dict)
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        return _read_legacy(directory, raw)
+    digest, payload = raw[len(MAGIC) : len(MAGIC) + _DIGEST_BYTES], raw[len(MAGIC) + _DIGEST_BYTES :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"{path} is corrupt (checksum mismatch): it cannot be resumed or loaded")
+    try:
+        content = serialization.msgpack_restore(payload)
+        step, info = int(content["step"]), json.loads(content["info"])
+        state_dict = content["state"]
+    except Exception as error:  # noqa: BLE001 - a checksummed file that does not parse is corrupt too
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error})") from None
+    if info.get("step") != step:
+        raise CheckpointError(f"{path} is inconsistent: step {step} but its info says {info.get('step')}")
+    return Checkpoint(step, info, state_dict)
+
+
+def _read_legacy(directory: Path, raw: bytes) -> Checkpoint:
+    """Checkpoints of older versions: a bare state msgpack plus ``checkpoint.json`` (no checksum)."""
+    info_path = directory / LEGACY_CHECKPOINT_INFO
+    if not info_path.is_file():
+        raise CheckpointError(f"{directory / CHECKPOINT_FILE} is not a sparse-reg checkpoint or is corrupt")
+    try:
+        info = json.loads(info_path.read_text())
+        state_dict = serialization.msgpack_restore(raw)
+        return Checkpoint(int(info["step"]), info, state_dict)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"{directory}: unreadable checkpoint ({type(error).__name__}: {error})") from None
+
+
+def checkpoint_step(directory: Path) -> int | None:
+    """The step of the run's checkpoint, or None if it has none or it cannot be read."""
+    try:
+        return read_checkpoint(Path(directory)).step
+    except (OSError, ValueError):
+        return None

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..algorithms import Regularization, get_algorithm
+from ..data.reference import parse_reference
 from ..networks import NetworkConfig
+from ..provenance import parse_count
 from ..sparsity import resolve_sparsity
 
 SUBSAMPLE_MODES = ("trajectories", "first")
+# Whole numbers, also given as counts ("10k", "1M") from a TOML file or the Python API.
+COUNT_FIELDS = ("size", "validation_size", "mask_interval", "mask_until", "steps", "eval_every", "eval_episodes")
+FLOAT_FIELDS = ("dropout", "l1", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,10 @@ class RunConfig:
     validation_size: held-out transitions, whole episodes disjoint from training (capped by availability).
     sparsity: "auto" (0.95 up to 25k training transitions, else 0.75), or a fraction in [0, 1); 0 = dense.
     mask_interval / mask_until: masks recomputed every interval steps while step < until; until 0 = SFI.
+    reference: the random/expert returns that normalise scores: "dataset" (what the data carries: for
+        the project's datasets the returns of its own expert and of random actions, for a file the
+        values stored in it, else D4RL's for the MuJoCo tasks), "d4rl" (D4RL's published values, as
+        papers report), or explicit (random, expert) returns.
     algo_options: overrides of the algorithm's own config (e.g. {"beta": 3.0} for IQL).
     """
 
@@ -46,10 +56,25 @@ class RunConfig:
     spectral_norm: bool = False
     l1: float = 0.0
     weight_decay: float = 0.0
+    reference: str | tuple[float, float] = "dataset"
     algo_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+        for name in COUNT_FIELDS + ("seed",):
+            value = getattr(self, name)
+            if value is not None or name != "size":
+                object.__setattr__(self, name, _whole_number(name, value, counts=name != "seed"))
+        for name in FLOAT_FIELDS:
+            object.__setattr__(self, name, _real_number(name, getattr(self, name)))
+        dims = self.hidden_dims
+        if isinstance(dims, (int, str)) or not dims:
+            raise ValueError(f"hidden_dims must be a non-empty list of layer widths, got {dims!r}")
+        object.__setattr__(self, "hidden_dims", tuple(_whole_number("hidden_dims", h) for h in dims))
+        if any(h <= 0 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive layer widths, got {list(self.hidden_dims)}")
+        object.__setattr__(self, "reference", parse_reference(self.reference))
+        if not isinstance(self.algo_options, dict):
+            raise ValueError(f"algo_options must be a mapping of option names to values, got {self.algo_options!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -85,6 +110,8 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
+        if isinstance(self.reference, tuple):
+            d["reference"] = list(self.reference)
         return d
 
     @property
@@ -110,3 +137,21 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _whole_number(name: str, value, counts: bool = True) -> int:
+    """``value`` as an int: ints, integral floats (256.0) and, for counts, "10k"/"1M"; else ValueError."""
+    if isinstance(value, str) and counts:
+        try:
+            return parse_count(value)
+        except ValueError:
+            pass
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be a whole number, got {value!r}")
+
+
+def _real_number(name: str, value) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{name} must be a number, got {value!r}")

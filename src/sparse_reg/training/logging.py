@@ -2,38 +2,56 @@
 
 ``metrics.csv`` has one row per evaluation; ``masks.csv`` one row per (mask refresh,
 network, layer). On resume both are cut back to the checkpoint, so a resumed run's
-logs read exactly like an uninterrupted one's.
+logs read exactly like an uninterrupted one's; the cut rewrites a copy and renames it over the
+log, so an interruption during the cut leaves the complete old log, never a truncated one.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
-METRICS_FILE = "metrics.csv"
-MASKS_FILE = "masks.csv"
+from .run_directory import MASKS_FILE, METRICS_FILE, TENSORBOARD_DIR, atomic_write
+
+__all__ = ["MASKS_FILE", "METRICS_FILE", "RunLogger", "read_rows", "tensorboard_tag"]
+
+# TensorBoard groups tags by their prefix: evaluation results, training losses, mask statistics, time.
+EVAL_KEYS = ("return_mean", "return_std", "normalized_score", "train_mse", "validation_mse")
+TIME_KEYS = ("wall_s",)
+
+
+def tensorboard_tag(key: str) -> str:
+    """``eval/return_mean``, ``time/wall_s``, ``train/<algorithm metric>`` (mask tags: ``mask/...``)."""
+    group = "eval" if key in EVAL_KEYS else "time" if key in TIME_KEYS else "train"
+    return f"{group}/{key}"
 MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed", "loss_before", "loss_after"]
 
 
 class RunLogger:
-    def __init__(self, directory: Path, resume_step: int | None = None):
+    def __init__(self, directory: Path, resume_step: int | None = None, config: dict | None = None):
         self.directory = directory
         if resume_step is not None:
             # Evaluations at the checkpoint's step happened before it was written; the
             # mask refresh at that step happens after it and will be redone.
             _keep_rows(directory / METRICS_FILE, lambda step: step <= resume_step)
             _keep_rows(directory / MASKS_FILE, lambda step: step < resume_step)
-        self.tensorboard = SummaryWriter(str(directory / "tensorboard"), purge_step=resume_step)
+        self.tensorboard = SummaryWriter(str(directory / TENSORBOARD_DIR), purge_step=resume_step)
+        if config is not None and resume_step is None:
+            # Markdown code block: TensorBoard's text plugin renders it verbatim.
+            text = "\n".join("    " + line for line in json.dumps(config, indent=2).splitlines())
+            self.tensorboard.add_text("config", text, 0)
 
     def log_evaluation(self, row: dict) -> None:
         _append_row(self.directory / METRICS_FILE, row)
         step = int(row["step"])
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.tensorboard.add_scalar(key, value, step)
+                self.tensorboard.add_scalar(tensorboard_tag(key), value, step)
         self.tensorboard.flush()
 
     def log_masks(self, step: int, stats: dict) -> None:
@@ -89,7 +107,8 @@ def _keep_rows(path: Path, keep) -> None:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         rows = [row for row in reader if keep(int(float(row["step"])))]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())

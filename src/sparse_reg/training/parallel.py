@@ -34,7 +34,7 @@ from typing import Any, Literal
 import jax
 
 from ..data.dataset import Dataset
-from .checkpoint import read_checkpoint_info
+from .checkpoint import checkpoint_step
 from .config import RunConfig
 
 Mode = Literal["auto", "vmap", "processes", "sequential"]
@@ -237,7 +237,7 @@ def run_batches(jobs: list[Job], resume: list[bool], on_result: OnResult, mode: 
     its unfinished jobs alone in this process: the others finish (or resume) and the failing one
     fails again with its own traceback.
     """
-    from .trainer import SUMMARY_FILE
+    from .run_directory import SUMMARY_FILE
 
     mode = resolve_mode(mode)
     for batch in _batches(jobs, resume, width=1 if mode == "sequential" else None):
@@ -261,7 +261,7 @@ def _batches(jobs: list[Job], resume: list[bool], width: int | None) -> list[lis
     keyed: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         if width is None:
-            step = _checkpoint_step(job.out) if resume[i] else None
+            step = checkpoint_step(job.out) if resume[i] else None
             keyed.setdefault((resume[i], _without_seed(job), step), []).append(i)
         else:
             keyed.setdefault((resume[i],), []).append(i)
@@ -270,13 +270,6 @@ def _batches(jobs: list[Job], resume: list[bool], width: int | None) -> list[lis
         size = width or len(group)
         batches += [group[i:i + size] for i in range(0, len(group), size)]
     return batches
-
-
-def _checkpoint_step(out: Path) -> int | None:
-    try:
-        return int(read_checkpoint_info(out)["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def run_jobs(

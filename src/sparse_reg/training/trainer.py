@@ -7,10 +7,12 @@ so a resumed run executes exactly the same chunks as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -25,17 +27,17 @@ from tqdm.auto import tqdm
 from ..algorithms import Algorithm, Batch, get_algorithm
 from ..data.dataset import Dataset, Normalizer, ReferenceScores
 from ..data.loaders import load_dataset
+from ..data.reference import resolve_reference
 from ..data.splits import split_train_validation
 from ..provenance import code_version, wall_seconds
 from ..sparsity import SparseRegConfig, refresh_masks, resolve_sparsity, weight_sparsity
-from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .compile_cache import enable_compilation_cache
 from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
-from .logging import METRICS_FILE, RunLogger, read_rows
+from .logging import RunLogger, read_rows
+from .run_directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, has_checkpoint, run_directory_of
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 # Updates unrolled per scan iteration: XLA then schedules several updates as one loop body,
 # measured ~5-7% more updates/s for IQL and BC on a 2-core CPU (benchmarks/speed.py).
 SCAN_UNROLL = 4
@@ -54,9 +56,11 @@ class PreparedData:
     normalizer: Normalizer
     env_id: str
     reference: ReferenceScores | None
+    reference_source: str = "none"  # see data.reference.describe_reference
+    identity: dict | None = None  # the whole dataset's name, size and fingerprint (Dataset.identity)
 
     @classmethod
-    def from_config(cls, config: RunConfig, dataset: Dataset | None = None) -> "PreparedData":
+    def from_config(cls, config: RunConfig, dataset: Dataset | None = None, identity: dict | None = None) -> "PreparedData":
         dataset = dataset if dataset is not None else load_dataset(config.dataset, env_id=config.env)
         env_id = config.env or dataset.env_id
         if env_id is None:
@@ -65,7 +69,15 @@ class PreparedData:
         train, validation = split_train_validation(
             dataset, size, config.validation_size, seed=config.seed, mode=config.subsample
         )
-        return cls(train, validation, Normalizer.fit(train.observations), env_id, dataset.reference)
+        reference, source = resolve_reference(config.reference, dataset, env_id)
+        return cls(train, validation, Normalizer.fit(train.observations), env_id, reference, source,
+                   identity or dataset.identity())
+
+    def reference_record(self) -> dict | None:
+        """The reference as runs record it: its returns and where they come from."""
+        if self.reference is None:
+            return None
+        return {"random": self.reference.random, "expert": self.reference.expert, "source": self.reference_source}
 
 
 def to_device_batch(data: Dataset, normalizer: Normalizer) -> Batch:
@@ -162,19 +174,53 @@ def initial_state(config: RunConfig, obs_dim: int, action_dim: int, sparse: bool
     return state, data_key
 
 
-def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """Raise if ``out`` cannot be used as asked; changes nothing on disk."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
-    exists = out.exists() and any(out.iterdir())
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"output path {out} exists and is not a directory")
+    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        raise RunDirectoryError(f"output path {out} lies under a file, not a directory")
     if resume:
-        if not (out / "checkpoint.json").exists():
+        if not has_checkpoint(out):
             raise FileNotFoundError(f"cannot resume: no checkpoint in {out}")
         return
-    if exists and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunDirectoryError(f"output directory {out} already exists and is not empty: use --resume or --overwrite")
-    if exists:
+
+
+def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    check_run_directory(out, resume, overwrite)
+    if resume:
+        return
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def recorded_config(config: RunConfig, dataset: Dataset | None) -> RunConfig:
+    """The config as the run records it: with a dataset passed in, ``dataset`` names that data (its
+    name), unless ``config.dataset`` already names where it was loaded from."""
+    if dataset is None:
+        return config
+    source = str(dataset.metadata.get("source", ""))
+    names = {dataset.name, source, source.removeprefix("minari:")}
+    if config.dataset in names or Path(config.dataset).stem == dataset.name:
+        return config
+    return dataclasses.replace(config, dataset=dataset.name)
+
+
+def check_same_data(out: Path, recorded: dict | None, identity: dict) -> None:
+    """Refuse to resume a run on other data than it was trained on (runs of older versions did not
+    record their data's fingerprint and are not checked)."""
+    if not recorded or "fingerprint" not in recorded or recorded["fingerprint"] == identity["fingerprint"]:
+        return
+    raise ValueError(
+        f"cannot resume {out}: it was trained on '{recorded.get('name')}' ({recorded.get('transitions')} transitions, "
+        f"fingerprint {recorded['fingerprint']}), not on this data '{identity['name']}' ({identity['transitions']} "
+        f"transitions, fingerprint {identity['fingerprint']})"
+    )
 
 
 @dataclass
@@ -222,18 +268,28 @@ def train_group(
     """
     enable_compilation_cache()
     outs = [Path(o) for o in outs]
+    if len(outs) != len(configs) or not outs:
+        raise ValueError(f"{len(configs)} configs but {len(outs)} output directories")
+    # Everything that can be checked is checked before a directory is created or changed, so that
+    # bad input leaves nothing behind that would block the corrected command.
+    for out in outs:
+        check_run_directory(out, resume, overwrite)
     if resume:
         configs = [RunConfig.load(o / CONFIG_FILE) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
+    configs = [recorded_config(c, dataset) for c in configs]
     shared = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
     if any({k: v for k, v in c.to_dict().items() if k != "seed"} != shared for c in configs):
         raise ValueError("runs trained together must differ only in their seed")
-    for out in outs:
-        prepare_run_directory(out, resume, overwrite)
     if dataset is None:
         dataset = load_dataset(configs[0].dataset, env_id=configs[0].env)
+    identity = dataset.identity()
+    checkpoints = [read_checkpoint(out) for out in outs] if resume else None
+    for out, checkpoint in zip(outs, checkpoints or []):
+        check_same_data(out, checkpoint.info.get("data"), identity)
+    warn_about_actions(dataset)
     runs = []
     for config, out in zip(configs, outs):
-        data = PreparedData.from_config(config, dataset)
+        data = PreparedData.from_config(config, dataset, identity)
         validation = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
         runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
     config, lead = configs[0], runs[0].data
@@ -252,17 +308,26 @@ def train_group(
 
     initial = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
     step = 0
-    if resume:
-        steps = {int(read_checkpoint_info(r.out)["step"]) for r in runs}
-        if len(steps) > 1:
-            raise ValueError(f"the runs' checkpoints are at different steps {sorted(steps)}: resume them one by one")
-        step = steps.pop()
-        initial = [load_checkpoint(r.out, template) for r, template in zip(runs, initial)]
-    else:
-        for r in runs:
-            r.config.save(r.out / CONFIG_FILE)
+    try:
+        if resume:
+            steps = {c.step for c in checkpoints}
+            if len(steps) > 1:
+                raise ValueError(f"the runs' checkpoints are at different steps {sorted(steps)}: resume them one by one")
+            step = steps.pop()
+            if not 0 < step <= config.steps:
+                raise CheckpointError(f"checkpoint step {step} is outside this run's 1..{config.steps} steps")
+            initial = [restore_train_state(c, template, r.out) for c, r, template in zip(checkpoints, runs, initial)]
+        else:
+            for r in runs:
+                prepare_run_directory(r.out, resume, overwrite)
+                record = {**r.config.to_dict(), "data": r.data.identity}
+                (r.out / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+    except BaseException:
+        evaluator.close()
+        raise
     for r in runs:
-        r.logger = RunLogger(r.out, resume_step=step if resume else None)
+        r.logger = RunLogger(r.out, resume_step=step if resume else None,
+                             config={**r.config.to_dict(), "data": r.data.identity})
     state, data_key = lanes.stack([s for s, _ in initial]), lanes.stack([k for _, k in initial])
     train_data = lanes.stack([r.train_batch for r in runs])
     normalizers = lanes.stack([(jnp.asarray(r.data.normalizer.mean), jnp.asarray(r.data.normalizer.std)) for r in runs])
@@ -281,19 +346,23 @@ def train_group(
     seeds = ", ".join(str(c.seed) for c in configs)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {seeds}")
-    started, metrics = time.time(), {}
+    started, metrics, last_return = time.time(), {}, None
     try:
         while step < config.steps:
             if sparse.refresh_due(step):
+                bar.set_postfix_str("refreshing masks")
                 state, data_key, stats = refresh(state, data_key, train_data)
                 stats = jax.device_get(stats)
                 for i, r in enumerate(runs):
                     r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
             length = min(chunk - step % chunk, config.steps - step)
+            status = f"training to step {step + length:,}"
+            bar.set_postfix_str(status if last_return is None else f"{status}, last return {last_return:.0f}")
             state, data_key, metrics = run_chunk(state, data_key, train_data, length)
             step += length
             bar.update(length)
             if step % config.eval_every == 0 or step == config.steps:
+                bar.set_postfix_str(f"evaluating {config.eval_episodes * len(runs)} episodes")
                 env_seeds = [evaluation_seed(r.config.seed, step) + j for r in runs for j in range(config.eval_episodes)]
                 returns = evaluator.run(act_all, env_seeds).reshape(len(runs), config.eval_episodes)
                 chunk_metrics = jax.device_get(metrics)
@@ -315,11 +384,12 @@ def train_group(
                     }
                     r.logger.log_evaluation(row)
                     save_checkpoint(
-                        r.out, (lane_state, lanes.index(data_key, i)), _checkpoint_info(step, r.data, sparse.enabled)
+                        r.out, step, (lane_state, lanes.index(data_key, i)), _checkpoint_info(r.data, sparse.enabled)
                     )
                     if on_evaluation is not None:
                         on_evaluation({**row, "seed": r.config.seed})
-                bar.set_postfix(ret=f"{np.mean(returns):.0f}")
+                last_return = float(np.mean(returns))
+                bar.set_postfix_str(f"last return {last_return:.0f}")
     finally:
         bar.close()
         evaluator.close()
@@ -339,16 +409,38 @@ def _normalized(reference: ReferenceScores | None, episode_return: float) -> flo
     return float(reference.normalize(episode_return)) if reference is not None else math.nan
 
 
-def _checkpoint_info(step: int, data: PreparedData, sparse: bool) -> dict:
+def _checkpoint_info(data: PreparedData, sparse: bool) -> dict:
     return {
-        "step": step,
         "obs_dim": data.train.obs_dim,
         "action_dim": data.train.action_dim,
         "sparse": sparse,
         "env_id": data.env_id,
         "normalizer": data.normalizer.to_dict(),
-        "reference": None if data.reference is None else {"random": data.reference.random, "expert": data.reference.expert},
+        "reference": data.reference_record(),
+        "data": data.identity,
     }
+
+
+def restore_train_state(checkpoint, template: Any, out: Path) -> Any:
+    """The (agent state, data key) of ``checkpoint``, checked against the step it was saved at."""
+    state, key = checkpoint.restore(template)
+    counter = getattr(state, "step", None)  # algorithms that count their updates
+    if counter is not None and int(counter) != checkpoint.step:
+        raise CheckpointError(f"{out}: checkpoint of step {checkpoint.step} holds a state at update {int(counter)}")
+    return state, key
+
+
+def warn_about_actions(dataset: Dataset) -> None:
+    """Policies act through tanh in [-1, 1]: data outside cannot be imitated, say so once."""
+    low, high = float(dataset.actions.min()), float(dataset.actions.max())
+    if low < -1.0 - 1e-6 or high > 1.0 + 1e-6:
+        outside = float(np.mean(np.any(np.abs(dataset.actions) > 1.0 + 1e-6, axis=1)))
+        warnings.warn(
+            f"dataset '{dataset.name}': actions range over [{low:.3g}, {high:.3g}] but policies act in [-1, 1] "
+            f"({outside:.1%} of transitions have an action outside); rescale the actions to [-1, 1] (e.g. divide "
+            "by the environment's action bound) before training",
+            stacklevel=3,
+        )
 
 
 def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
@@ -373,9 +465,8 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         "sparsity": network_sparsity(state, algorithm),
         "final_return": final.get("return_mean"),
         "final_normalized_score": final.get("normalized_score"),
-        "reference_scores": None
-        if data.reference is None
-        else {"random": data.reference.random, "expert": data.reference.expert},
+        "reference_scores": data.reference_record(),
+        "data": data.identity,
         "config": config.to_dict(),
         "wall_seconds": round(wall_seconds(rows), 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -386,7 +477,11 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
 
 @dataclass
 class Agent:
-    """A trained agent restored from a run directory: ``act`` takes raw observations."""
+    """A trained agent restored from a run directory: ``act`` takes raw observations.
+
+    The policy (normalisation, then the algorithm's deterministic action) is compiled once per
+    agent and per observation batch shape, not on every call.
+    """
 
     algorithm: Algorithm
     state: Any
@@ -394,18 +489,46 @@ class Agent:
     env_id: str
     reference: ReferenceScores | None
     step: int
+    reference_source: str = "dataset"
+
+    def __post_init__(self):
+        self._policy = jax.jit(make_policy(self.algorithm.act))
+        self._normalizer = (jnp.asarray(self.normalizer.mean), jnp.asarray(self.normalizer.std))
 
     def act(self, observations: np.ndarray) -> np.ndarray:
-        return np.asarray(self._policy(jnp.asarray(observations)))
+        """Deterministic actions for a batch (n, obs_dim) of raw observations (or one, (obs_dim,))."""
+        observations = np.asarray(observations, dtype=np.float32)
+        if observations.ndim == 1:
+            return self.act(observations[None])[0]
+        return np.asarray(self._policy(self.state, self._normalizer, observations))
 
-    def _policy(self, observations):
-        normalizer = (jnp.asarray(self.normalizer.mean), jnp.asarray(self.normalizer.std))
-        return jax.jit(make_policy(self.algorithm.act))(self.state, normalizer, observations)
+    def export_policy(self, path: str | Path | None = None) -> bytes:
+        """The deterministic policy (normalisation included, weights as constants) serialised with
+        ``jax.export``, for any batch size; written to ``path`` if given. Run it without this project::
+
+            import jax, numpy as np
+            policy = jax.export.deserialize(open("policy.jaxexport", "rb").read())
+            actions = np.asarray(policy.call(np.asarray(observations, np.float32)))  # (n, obs_dim) -> (n, act_dim)
+        """
+        from jax import export
+
+        state, normalizer = self.state, self._normalizer
+
+        def policy(observations):
+            return make_policy(self.algorithm.act)(state, normalizer, observations)
+
+        obs_dim = int(np.asarray(self.normalizer.mean).shape[0])
+        shape = export.symbolic_shape(f"batch, {obs_dim}")
+        exported = export.export(jax.jit(policy))(jax.ShapeDtypeStruct(shape, jnp.float32))
+        data = bytes(exported.serialize())
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
 
     def evaluate(self, episodes: int = 10, seed: int = 0) -> dict:
         evaluator = RolloutEvaluator(self.env_id, episodes)
         try:
-            returns = evaluator.run(lambda obs: np.asarray(self._policy(obs)), seed)
+            returns = evaluator.run(self.act, seed)
         finally:
             evaluator.close()
         return {
@@ -415,20 +538,23 @@ class Agent:
             "return_mean": float(np.mean(returns)),
             "return_std": float(np.std(returns)),
             "normalized_score": _normalized(self.reference, float(np.mean(returns))),
+            "reference_source": self.reference_source if self.reference is not None else "none",
         }
 
 
 def load_agent(path: str | Path) -> Agent:
     """Restore the agent of a run directory (or of the checkpoint file inside one)."""
     path = Path(path)
-    directory = path.parent if path.is_file() else path
+    directory = run_directory_of(path)
     if not (directory / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{path} is not a run directory (missing {CONFIG_FILE})")
     config = RunConfig.load(directory / CONFIG_FILE)
-    info = read_checkpoint_info(directory)
+    checkpoint = read_checkpoint(directory)
+    info = checkpoint.info
     template = initial_state(config, info["obs_dim"], info["action_dim"], info["sparse"])
-    state, _ = load_checkpoint(directory, template)
-    reference = ReferenceScores(**info["reference"]) if info.get("reference") else None
-    return Agent(
-        get_algorithm(config.algo), state, Normalizer.from_dict(info["normalizer"]), info["env_id"], reference, info["step"]
-    )
+    state, _ = restore_train_state(checkpoint, template, directory)
+    recorded = info.get("reference")
+    reference = ReferenceScores(recorded["random"], recorded["expert"]) if recorded else None
+    source = (recorded or {}).get("source", "dataset")
+    return Agent(get_algorithm(config.algo), state, Normalizer.from_dict(info["normalizer"]), info["env_id"],
+                 reference, checkpoint.step, source)
