@@ -271,3 +271,34 @@ def test_logs_written_by_an_older_version_keep_their_columns_when_a_run_resumes(
     header, layer_row, total_row = (fresh / MASKS_FILE).read_text().splitlines()
     assert header == "step,network,layer,sparsity,changed,loss_before,loss_after"
     assert layer_row.endswith(",,") and total_row.endswith(",1.0,2.0")
+
+
+def test_chunks_run_in_pieces_give_the_same_run_and_exact_chunk_means(tmp_path, hopper_random, monkeypatch):
+    """The progress bar's pieces change nothing but float rounding (XLA compiles each scan length on
+    its own): the same losses (means over the whole chunk, also for TD3+BC's actor loss, which only
+    every second update computes) and the same final parameters."""
+    from sparse_reg.training import trainer
+
+    config = small_config(algo="td3bc", sparsity=0.0, steps=400)
+    train(config, tmp_path / "whole", dataset=hopper_random, progress=False)
+    monkeypatch.setattr(trainer, "PROGRESS_PIECE", 70)  # 200-step chunks as 70 + 70 + 60
+    train(config, tmp_path / "pieces", dataset=hopper_random, progress=False)
+    whole, pieces = (read_rows(tmp_path / d / "metrics.csv") for d in ("whole", "pieces"))
+    assert [r["step"] for r in whole] == [r["step"] for r in pieces] == [200, 400]
+    for a, b in zip(whole, pieces):
+        for key in a:
+            if key not in ("wall_s",):
+                assert a[key] == pytest.approx(b[key], rel=1e-6, nan_ok=True), key
+    final = [jax.tree_util.tree_leaves(load_agent(tmp_path / d).state) for d in ("whole", "pieces")]
+    for a, b in zip(*final):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_chunk_means_weigh_pieces_by_the_updates_that_computed_each_metric():
+    from sparse_reg.training.trainer import chunk_means
+
+    pieces = [{"loss": (np.float32(6.0), 3), "actor": (np.float32(0.0), 0)},
+              {"loss": (np.float32(4.0), 1), "actor": (np.float32(5.0), 2)}]
+    means = chunk_means(pieces)
+    assert means["loss"] == pytest.approx(10.0 / 4) and means["actor"] == pytest.approx(2.5)
+    assert np.isnan(chunk_means([{"actor": (np.float32(0.0), 0)}])["actor"])

@@ -13,7 +13,7 @@ from ..algorithms import Regularization, get_algorithm
 from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
-from ..sparsity import resolve_sparsity
+from ..sparsity import SparseRegConfig, resolve_sparsity
 
 SUBSAMPLE_MODES = ("trajectories", "first")
 # Whole numbers, also given as counts ("10k", "1M") from a TOML file or the Python API.
@@ -92,7 +92,7 @@ class RunConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.l1 < 0 or self.weight_decay < 0:
             raise ValueError("l1 and weight_decay must be >= 0")
-        resolve_sparsity(self.sparsity, 1)  # raises on a bad value
+        self.sparse_reg_config(1)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
 
     def algorithm_config(self):
@@ -107,6 +107,10 @@ class RunConfig:
             **self.algo_options,
         )
 
+    def sparse_reg_config(self, train_size: int) -> SparseRegConfig:
+        """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it)."""
+        return SparseRegConfig(resolve_sparsity(self.sparsity, train_size), self.mask_interval, self.mask_until)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
@@ -116,7 +120,7 @@ class RunConfig:
 
     @property
     def dense(self) -> bool:
-        return resolve_sparsity(self.sparsity, 1) == 0.0  # "auto" is never dense
+        return not self.sparse_reg_config(1).enabled  # "auto" is never dense, whatever the size
 
     def identity(self) -> dict:
         """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a

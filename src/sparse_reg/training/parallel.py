@@ -290,12 +290,13 @@ def run_jobs(
 
     mode = resolve_mode(mode)
     if mode == "sequential" or len(jobs) == 1:
-        return [train(j.config, j.out, dataset, resume, overwrite, progress) for j in jobs]
+        return [train(j.config, j.out, dataset, resume=resume, overwrite=overwrite, progress=progress) for j in jobs]
     if mode == "vmap":
         summaries: dict[int, dict] = {}
         for indices in _groups_by_shape(jobs):
             group = train_group(
-                [jobs[i].config for i in indices], [jobs[i].out for i in indices], dataset, resume, overwrite, progress
+                [jobs[i].config for i in indices], [jobs[i].out for i in indices], dataset,
+                resume=resume, overwrite=overwrite, progress=progress,
             )
             summaries.update(zip(indices, group))
         return [summaries[i] for i in range(len(jobs))]

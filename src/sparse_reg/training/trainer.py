@@ -30,7 +30,7 @@ from ..data.loaders import load_dataset
 from ..data.reference import resolve_reference
 from ..data.splits import split_train_validation
 from ..provenance import code_version, wall_seconds
-from ..sparsity import SparseRegConfig, refresh_masks, resolve_sparsity, weight_sparsity
+from ..sparsity import SparseRegConfig, refresh_masks, weight_sparsity
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .compile_cache import enable_compilation_cache
 from .config import RunConfig
@@ -41,6 +41,8 @@ from .run_directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, has_checkpoi
 # Updates unrolled per scan iteration: XLA then schedules several updates as one loop body,
 # measured ~5-7% more updates/s for IQL and BC on a 2-core CPU (benchmarks/speed.py).
 SCAN_UNROLL = 4
+# Most updates one jitted call runs between progress-bar updates (~3 s for IQL on one CPU core).
+PROGRESS_PIECE = 1_000
 
 
 class RunDirectoryError(FileExistsError):
@@ -122,7 +124,11 @@ class Lanes:
 
 
 def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lanes(1)) -> Callable:
-    """``run(state, key, data, length) -> (state, key, mean metrics)``: ``length`` updates in one scan."""
+    """``run(state, key, data, length) -> (state, key, metric sums)``: ``length`` updates in one scan.
+
+    The metrics come back as ``{name: (sum, count)}`` over the updates that computed them, so
+    that several pieces combine into the exact mean of the whole (:func:`chunk_means`).
+    """
 
     def run(state, key, data: Batch, length: int):
         def one_update(carry, _):
@@ -133,7 +139,8 @@ def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lane
 
         (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length, unroll=SCAN_UNROLL)
         # Some metrics are NaN on steps that skip an update (e.g. TD3+BC's delayed actor).
-        return state, key, jax.tree_util.tree_map(jnp.nanmean, metrics)
+        sums = jax.tree_util.tree_map(lambda m: (jnp.nansum(m, axis=0), jnp.sum(~jnp.isnan(m), axis=0)), metrics)
+        return state, key, sums
 
     compiled: dict[int, Callable] = {}
 
@@ -143,6 +150,16 @@ def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lane
         return compiled[length](state, key, data)
 
     return run_chunk
+
+
+def chunk_means(pieces: list[dict]) -> dict:
+    """The per-metric means over a chunk run in pieces (NaN where no update computed a metric)."""
+    totals = {}
+    for name in pieces[0]:
+        total = np.sum([np.asarray(p[name][0], np.float64) for p in pieces], axis=0)
+        count = np.sum([np.asarray(p[name][1]) for p in pieces], axis=0)
+        totals[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return totals
 
 
 def make_mask_refresher(
@@ -235,10 +252,22 @@ class SeedRun:
     logger: RunLogger | None = None
 
 
+@dataclass
+class StartedGroup:
+    """Runs ready to step: data prepared, directories made (or checkpoints read), states at ``step``."""
+
+    runs: list[SeedRun]
+    sparse: SparseRegConfig
+    evaluator: RolloutEvaluator
+    states: list[tuple[Any, jax.Array]]  # (agent state, data-sampling key) per run
+    step: int
+
+
 def train(
     config: RunConfig,
     out: str | Path,
     dataset: Dataset | None = None,
+    *,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -248,30 +277,20 @@ def train(
 
     ``on_evaluation(row)`` is called after each evaluation's checkpoint is written.
     """
-    return train_group([config], [out], dataset, resume, overwrite, progress, on_evaluation)[0]
+    return train_group([config], [out], dataset, resume=resume, overwrite=overwrite, progress=progress,
+                       on_evaluation=on_evaluation)[0]
 
 
-def train_group(
-    configs: list[RunConfig],
-    outs: list[str | Path],
-    dataset: Dataset | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_evaluation: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Train runs that differ only in their seed, stepped together under ``jax.vmap``.
+def start_runs(
+    configs: list[RunConfig], outs: list[Path], dataset: Dataset | None, *, resume: bool, overwrite: bool
+) -> StartedGroup:
+    """Check everything, then prepare the data and create the run directories (or read the checkpoints).
 
-    Each run gets its own training subset, normaliser, logs, checkpoints and summary,
-    identical in form to a single run's. On an accelerator this is the fast way to run
-    seeds; on a CPU one process per core is (see :mod:`sparse_reg.training.parallel`).
+    Everything that can be checked is checked before a directory is created or changed, so that
+    bad input leaves nothing behind that would block the corrected command.
     """
-    enable_compilation_cache()
-    outs = [Path(o) for o in outs]
     if len(outs) != len(configs) or not outs:
         raise ValueError(f"{len(configs)} configs but {len(outs)} output directories")
-    # Everything that can be checked is checked before a directory is created or changed, so that
-    # bad input leaves nothing behind that would block the corrected command.
     for out in outs:
         check_run_directory(out, resume, overwrite)
     if resume:
@@ -293,10 +312,7 @@ def train_group(
         validation = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
         runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
     config, lead = configs[0], runs[0].data
-    lanes = Lanes(len(runs))
-    algorithm = get_algorithm(config.algo)
-    algo_config = config.algorithm_config()
-    sparse = SparseRegConfig(resolve_sparsity(config.sparsity, len(lead.train)), config.mask_interval, config.mask_until)
+    sparse = config.sparse_reg_config(len(lead.train))
 
     evaluator = RolloutEvaluator(lead.env_id, config.eval_episodes * len(runs))
     if (evaluator.obs_dim, evaluator.action_dim) != (lead.train.obs_dim, lead.train.action_dim):
@@ -305,8 +321,7 @@ def train_group(
             f"dataset '{lead.train.name}' has obs/action dims {lead.train.obs_dim}/{lead.train.action_dim} but "
             f"environment {lead.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
         )
-
-    initial = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
+    states = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
     step = 0
     try:
         if resume:
@@ -316,7 +331,7 @@ def train_group(
             step = steps.pop()
             if not 0 < step <= config.steps:
                 raise CheckpointError(f"checkpoint step {step} is outside this run's 1..{config.steps} steps")
-            initial = [restore_train_state(c, template, r.out) for c, r, template in zip(checkpoints, runs, initial)]
+            states = [restore_train_state(c, template, r.out) for c, r, template in zip(checkpoints, runs, states)]
         else:
             for r in runs:
                 prepare_run_directory(r.out, resume, overwrite)
@@ -328,14 +343,42 @@ def train_group(
     for r in runs:
         r.logger = RunLogger(r.out, resume_step=step if resume else None,
                              config={**r.config.to_dict(), "data": r.data.identity})
-    state, data_key = lanes.stack([s for s, _ in initial]), lanes.stack([k for _, k in initial])
+    return StartedGroup(runs, sparse, evaluator, states, step)
+
+
+def train_group(
+    configs: list[RunConfig],
+    outs: list[str | Path],
+    dataset: Dataset | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_evaluation: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train runs that differ only in their seed, stepped together under ``jax.vmap``.
+
+    Each run gets its own training subset, normaliser, logs, checkpoints and summary,
+    identical in form to a single run's. On an accelerator this is the fast way to run
+    seeds; on a CPU one process per core is (see :mod:`sparse_reg.training.parallel`).
+    """
+    enable_compilation_cache()
+    group = start_runs(configs, [Path(o) for o in outs], dataset, resume=resume, overwrite=overwrite)
+    runs, sparse, evaluator, step = group.runs, group.sparse, group.evaluator, group.step
+    config = runs[0].config
+    lanes = Lanes(len(runs))
+    algorithm = get_algorithm(config.algo)
+    state, data_key = lanes.stack([s for s, _ in group.states]), lanes.stack([k for _, k in group.states])
     train_data = lanes.stack([r.train_batch for r in runs])
     normalizers = lanes.stack([(jnp.asarray(r.data.normalizer.mean), jnp.asarray(r.data.normalizer.std)) for r in runs])
 
-    run_chunk = make_chunk_runner(algorithm, algo_config.batch_size, lanes)
-    refresh = make_mask_refresher(algorithm, sparse, algo_config.batch_size, lanes)
+    batch_size = config.algorithm_config().batch_size
+    run_chunk = make_chunk_runner(algorithm, batch_size, lanes)
+    refresh = make_mask_refresher(algorithm, sparse, batch_size, lanes)
     policy = jax.jit(lanes.vmap(make_policy(algorithm.act)))
     action_mse = make_action_mse(algorithm.act)
+    # Chunks end at every evaluation and mask refresh, on absolute step numbers; each is run in
+    # pieces of at most PROGRESS_PIECE updates so the progress bar moves every few seconds.
     chunk = math.gcd(config.eval_every, sparse.interval) if sparse.enabled and sparse.until > 0 else config.eval_every
 
     def act_all(observations: np.ndarray) -> np.ndarray:
@@ -343,10 +386,10 @@ def train_group(
         actions = policy(state, normalizers, per_lane)
         return np.asarray(actions).reshape(observations.shape[0], -1)
 
-    seeds = ", ".join(str(c.seed) for c in configs)
+    seeds = ", ".join(str(r.config.seed) for r in runs)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {seeds}")
-    started, metrics, last_return = time.time(), {}, None
+    started, last_return = time.time(), None
     try:
         while step < config.steps:
             if sparse.refresh_due(step):
@@ -355,36 +398,29 @@ def train_group(
                 stats = jax.device_get(stats)
                 for i, r in enumerate(runs):
                     r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
-            length = min(chunk - step % chunk, config.steps - step)
-            status = f"training to step {step + length:,}"
+            end = min(step + chunk - step % chunk, config.steps)
+            status = f"training to step {end:,}"
             bar.set_postfix_str(status if last_return is None else f"{status}, last return {last_return:.0f}")
-            state, data_key, metrics = run_chunk(state, data_key, train_data, length)
-            step += length
-            bar.update(length)
+            sums = []
+            while step < end:
+                length = min(PROGRESS_PIECE, end - step)
+                state, data_key, piece = run_chunk(state, data_key, train_data, length)
+                sums.append(piece)
+                step += length
+                bar.update(length)
             if step % config.eval_every == 0 or step == config.steps:
                 bar.set_postfix_str(f"evaluating {config.eval_episodes * len(runs)} episodes")
-                env_seeds = [evaluation_seed(r.config.seed, step) + j for r in runs for j in range(config.eval_episodes)]
-                returns = evaluator.run(act_all, env_seeds).reshape(len(runs), config.eval_episodes)
-                chunk_metrics = jax.device_get(metrics)
+                returns = evaluator.run(act_all, [
+                    evaluation_seed(r.config.seed, step) + j for r in runs for j in range(config.eval_episodes)
+                ]).reshape(len(runs), config.eval_episodes)
+                metrics = chunk_means(jax.device_get(sums))
                 for i, r in enumerate(runs):
-                    lane_state = lanes.index(state, i)
-                    row = {
-                        "step": step,
-                        "return_mean": float(np.mean(returns[i])),
-                        "return_std": float(np.std(returns[i])),
-                        "normalized_score": _normalized(r.data.reference, np.mean(returns[i])),
-                        "train_mse": action_mse(lane_state, r.train_batch.observations, r.train_batch.actions),
-                        "validation_mse": (
-                            action_mse(lane_state, r.validation_batch.observations, r.validation_batch.actions)
-                            if r.validation_batch is not None
-                            else math.nan
-                        ),
-                        **{k: float(v) for k, v in lanes.index(chunk_metrics, i).items()},
-                        "wall_s": round(time.time() - started, 2),
-                    }
+                    row = evaluation_row(r, lanes.index(state, i), step, returns[i], lanes.index(metrics, i),
+                                         action_mse, time.time() - started)
                     r.logger.log_evaluation(row)
                     save_checkpoint(
-                        r.out, step, (lane_state, lanes.index(data_key, i)), _checkpoint_info(r.data, sparse.enabled)
+                        r.out, step, (lanes.index(state, i), lanes.index(data_key, i)),
+                        _checkpoint_info(r.data, sparse.enabled),
                     )
                     if on_evaluation is not None:
                         on_evaluation({**row, "seed": r.config.seed})
@@ -403,6 +439,24 @@ def train_group(
         (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         summaries.append(summary)
     return summaries
+
+
+def evaluation_row(run: SeedRun, state: Any, step: int, returns: np.ndarray, metrics: dict,
+                   action_mse: Callable, wall_s: float) -> dict:
+    """One line of metrics.csv: the evaluation's returns, the actor's action MSE, the chunk's losses."""
+    validation = run.validation_batch
+    return {
+        "step": step,
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "normalized_score": _normalized(run.data.reference, np.mean(returns)),
+        "train_mse": action_mse(state, run.train_batch.observations, run.train_batch.actions),
+        "validation_mse": (
+            action_mse(state, validation.observations, validation.actions) if validation is not None else math.nan
+        ),
+        **{k: float(v) for k, v in metrics.items()},
+        "wall_s": round(wall_s, 2),
+    }
 
 
 def _normalized(reference: ReferenceScores | None, episode_return: float) -> float:
