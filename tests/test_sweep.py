@@ -317,3 +317,15 @@ def test_ray_sweep_runs_records_failures_then_skips(tmp_path, hopper_random_npz)
     finished_only = tiny_config(tmp_path, [hopper_random_npz], seeds=(0, 1), name="again.toml")
     again = run_sweep(finished_only, "quick", runs_dir, backend="ray", progress=False)
     assert (len(again.done), len(again.skipped), len(again.failed)) == (0, 2, 0)
+
+
+def test_sizes_given_as_counts_in_toml_expand_to_whole_numbers(tmp_path):
+    """``size = ["2k"]`` in a TOML grid means 2,000 transitions, as "2k" does on the command line."""
+    path = tiny_config(tmp_path, ["a.npz"])
+    path.write_text(path.read_text().replace("size = [1000]", 'size = ["2k", 1500]'))
+    runs = expand(load_experiment(path), "quick", tmp_path / "r")
+    assert sorted(r.job.config.size for r in runs) == [1500, 2000]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(path.read_text().replace('size = ["2k", 1500]', 'size = ["2q"]'))
+    with pytest.raises((ExperimentError, ValueError), match="size"):
+        expand(load_experiment(bad), "quick", tmp_path / "r2")

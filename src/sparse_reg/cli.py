@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,7 +45,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults in every option's help (not for flags or options without one); epilogs kept as written."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        default = action.default
+        if default is None or default is False or default == [] or default == argparse.SUPPRESS or \
+                "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -58,62 +61,43 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
+# How a RunConfig field is typed on the command line, where its annotation alone does not say.
+CLI_NAMES = {"algo_options": "--set"}
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="iql", help="bc, td3bc, awac, iql, awac-paper-code or iql-paper-code; the "
-                   "*-paper-code variants compute what the paper's released code computes (docs/experiments.md)")
-    p.add_argument("--dataset", default="halfcheetah-expert-v0", help="project dataset name, Minari id, .hdf5 or .npz path")
-    p.add_argument("--env", default=None, help="gymnasium id, if the dataset does not name it")
-    p.add_argument("--size", type=_int, default=10_000, help="training transitions (0 = all)")
-    p.add_argument("--subsample", choices=["trajectories", "first"], default="trajectories",
-                   help="whole episodes at random, or the dataset's first rows")
-    p.add_argument("--validation-size", type=_int, default=200_000, help="held-out transitions (capped by availability)")
-    p.add_argument("--sparsity", default="auto", help="'auto' (95%% up to 25k transitions, else 75%%) or a fraction in [0, 1)")
-    p.add_argument("--mask-interval", type=_int, default=5_000, help="steps between Sparse-Reg mask refreshes")
-    p.add_argument("--mask-until", type=_int, default=200_000, help="0 = masks fixed at initialisation (SFI)")
-    p.add_argument("--steps", type=_int, default=1_000_000, help="gradient steps")
-    p.add_argument("--seed", type=int, default=0, help="training seed (data subset, initialisation, batches)")
-    p.add_argument("--eval-every", type=_int, default=5_000, help="steps between evaluations and checkpoints")
-    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
-    p.add_argument("--hidden-dims", type=_int, nargs="+", default=[256, 256], help="hidden layer widths")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
-    p.add_argument("--layer-norm", action="store_true", help="LayerNorm after every hidden layer")
-    p.add_argument("--spectral-norm", action="store_true", help="on the penultimate layer")
-    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty coefficient on weights")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (paper: 0.01)")
-    p.add_argument("--reference", default="dataset", metavar="dataset|d4rl|RANDOM,EXPERT",
-                   help="returns that normalise scores: 'dataset' = what the data carries (project datasets: the "
-                   "returns of their own expert and of random actions; files: values stored in them, else D4RL's), "
-                   "'d4rl' = D4RL's published values (as papers report), or two numbers")
-    p.add_argument("--set", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="algorithm option, e.g. --set beta=3.0 (repeatable)")
+    """One option per :class:`RunConfig` field, with the field's default and help."""
+    from .training.config import COUNT_FIELDS, RunConfig
+
+    for f in dataclasses.fields(RunConfig):
+        flag = CLI_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        help = f.metadata["help"].replace("%", "%%")
+        kwargs = dict(dest=f.name, help=help, **f.metadata["cli"])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "algo_options":
+            kwargs.update(type=_option, action="append", default=[], metavar="KEY=VALUE",
+                          help=help + " (repeatable)")
+        elif isinstance(default, bool):
+            kwargs.update(action="store_true")
+        elif isinstance(default, tuple):
+            kwargs.update(type=_int, nargs="+", default=list(default))
+        elif f.name in COUNT_FIELDS:
+            kwargs.update(type=_int, default=default)
+        elif f.name == "seed" or isinstance(default, int):
+            kwargs.update(type=int, default=default)
+        elif isinstance(default, float):
+            kwargs.update(type=float, default=default)
+        else:
+            kwargs.update(default=default)
+        p.add_argument(flag, **kwargs)
 
 
 def run_config_from_args(args: argparse.Namespace):
     from .training.config import RunConfig
 
-    return RunConfig(
-        algo=args.algo,
-        dataset=args.dataset,
-        env=args.env,
-        size=args.size or None,
-        subsample=args.subsample,
-        validation_size=args.validation_size,
-        sparsity=args.sparsity,
-        mask_interval=args.mask_interval,
-        mask_until=args.mask_until,
-        steps=args.steps,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        hidden_dims=tuple(args.hidden_dims),
-        dropout=args.dropout,
-        layer_norm=args.layer_norm,
-        spectral_norm=args.spectral_norm,
-        l1=args.l1,
-        weight_decay=args.weight_decay,
-        reference=args.reference,
-        algo_options=dict(args.set),
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    values.update(size=args.size or None, hidden_dims=tuple(args.hidden_dims), algo_options=dict(args.algo_options))
+    return RunConfig(**values)
 
 
 def _seeds(text: str) -> list[int]:

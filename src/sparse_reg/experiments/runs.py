@@ -14,6 +14,7 @@ minus signs).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..data.reference import D4RL_REFERENCE_SCORES, env_family
 from ..sparsity import resolve_sparsity
+from ..training.config import RunConfig
 from ..training.logging import MASKS_FILE, METRICS_FILE, read_rows
 from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
 from .statistics import as_float, late_mean
@@ -41,6 +43,8 @@ DENSE, SPARSE = "dense", "sparse"
 SPARSE_ALIASES = ("sparse", "spu")  # the sweep may call periodic-update Sparse-Reg "spu"
 VARIANT_ORDER = ("dense", "sparse", "spu", "sfi", "l1", "dropout", "wd", "layernorm", "specnorm")
 DEFAULT_HIDDEN = [256, 256]
+# A regulariser's short name in variant names, from the RunConfig field that switches it on.
+REGULARISER_TAGS = {f.name: f.metadata["variant"] for f in dataclasses.fields(RunConfig) if f.metadata.get("variant")}
 
 
 # ----------------------------------------------------------------------------- runs and cells
@@ -65,16 +69,7 @@ def run_variant(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None
     if is_auto or level:
         name = "sfi" if config.get("mask_until") == 0 else SPARSE
         parts.append(name if is_auto else f"{name}{100 * level:g}")
-    if config.get("l1", 0) > 0:
-        parts.append("l1")
-    if config.get("dropout", 0) > 0:
-        parts.append("dropout")
-    if config.get("weight_decay", 0) > 0:
-        parts.append("wd")
-    if config.get("layer_norm"):
-        parts.append("layernorm")
-    if config.get("spectral_norm"):
-        parts.append("specnorm")
+    parts += [tag for name, tag in REGULARISER_TAGS.items() if config.get(name)]  # non-zero or true
     hidden = [int(h) for h in config.get("hidden_dims", DEFAULT_HIDDEN)]
     if hidden != DEFAULT_HIDDEN:
         parts.append("hd" + ("-".join(str(h) for h in hidden) if len(set(hidden)) > 1 else str(hidden[0])))

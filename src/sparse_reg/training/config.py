@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..algorithms import Regularization, get_algorithm
+from ..algorithms import ALGORITHMS, Regularization, get_algorithm
 from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
@@ -21,43 +21,50 @@ COUNT_FIELDS = ("size", "validation_size", "mask_interval", "mask_until", "steps
 FLOAT_FIELDS = ("dropout", "l1", "weight_decay")
 
 
+def _field(default, help: str, variant: str | None = None, **cli):
+    """A run setting with its help (the CLI's ``--help`` shows it) and, for regularisers, the short
+    name that reports give runs using it (``variant``); ``cli`` holds argparse extras (metavar, choices)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, "variant": variant, "cli": cli})
+    return field(default=default, metadata={"help": help, "variant": variant, "cli": cli})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run (defaults: the paper's protocol).
 
-    size: training transitions drawn from the dataset (None = all of it, less validation).
-    subsample: "trajectories" (whole episodes at random) or "first" (first N rows, as the paper's code).
-    validation_size: held-out transitions, whole episodes disjoint from training (capped by availability).
-    sparsity: "auto" (0.95 up to 25k training transitions, else 0.75), or a fraction in [0, 1); 0 = dense.
-    mask_interval / mask_until: masks recomputed every interval steps while step < until; until 0 = SFI.
-    reference: the random/expert returns that normalise scores: "dataset" (what the data carries: for
-        the project's datasets the returns of its own expert and of random actions, for a file the
-        values stored in it, else D4RL's for the MuJoCo tasks), "d4rl" (D4RL's published values, as
-        papers report), or explicit (random, expert) returns.
-    algo_options: overrides of the algorithm's own config (e.g. {"beta": 3.0} for IQL).
+    Each field's help is in its metadata (``sparse-reg train --help`` prints them all); the
+    command-line options are made from these fields, so the two cannot drift apart.
     """
 
-    algo: str = "iql"
-    dataset: str = "halfcheetah-expert-v0"
-    env: str | None = None
-    size: int | None = 10_000
-    subsample: str = "trajectories"
-    validation_size: int = 200_000
-    sparsity: str | float = "auto"
-    mask_interval: int = 5_000
-    mask_until: int = 200_000
-    steps: int = 1_000_000
-    seed: int = 0
-    eval_every: int = 5_000
-    eval_episodes: int = 10
-    hidden_dims: tuple[int, ...] = (256, 256)
-    dropout: float = 0.0
-    layer_norm: bool = False
-    spectral_norm: bool = False
-    l1: float = 0.0
-    weight_decay: float = 0.0
-    reference: str | tuple[float, float] = "dataset"
-    algo_options: dict[str, Any] = field(default_factory=dict)
+    algo: str = _field("iql", "algorithm: " + ", ".join(ALGORITHMS) + "; the *-paper-code variants compute what "
+                       "the paper's released code computes (docs/experiments.md)")
+    dataset: str = _field("halfcheetah-expert-v0", "project dataset name, Minari id, .hdf5 or .npz path")
+    env: str | None = _field(None, "gymnasium id, if the dataset does not name it")
+    size: int | None = _field(10_000, "training transitions drawn from the dataset, less validation (None, or 0 on the command line: all)")
+    subsample: str = _field("trajectories", "'trajectories': whole episodes at random; 'first': the dataset's first "
+                            "rows (as the paper's code)", choices=SUBSAMPLE_MODES)
+    validation_size: int = _field(200_000, "held-out transitions: whole episodes disjoint from training (capped by "
+                                  "availability)")
+    sparsity: str | float = _field("auto", "'auto' (95% up to 25k training transitions, else 75%) or a fraction "
+                                   "in [0, 1); 0 = dense")
+    mask_interval: int = _field(5_000, "steps between Sparse-Reg mask refreshes")
+    mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = masks fixed at initialisation (SFI)")
+    steps: int = _field(1_000_000, "gradient steps")
+    seed: int = _field(0, "training seed (data subset, initialisation, batches)")
+    eval_every: int = _field(5_000, "steps between evaluations and checkpoints")
+    eval_episodes: int = _field(10, "episodes per evaluation")
+    hidden_dims: tuple[int, ...] = _field((256, 256), "hidden layer widths")
+    l1: float = _field(0.0, "L1 penalty coefficient on weights", variant="l1")
+    dropout: float = _field(0.0, "dropout rate on hidden layers", variant="dropout")
+    weight_decay: float = _field(0.0, "AdamW decoupled weight decay (paper: 0.01)", variant="wd")
+    layer_norm: bool = _field(False, "LayerNorm after every hidden layer", variant="layernorm")
+    spectral_norm: bool = _field(False, "spectral norm on the penultimate layer", variant="specnorm")
+    reference: str | tuple[float, float] = _field(
+        "dataset", "returns that normalise scores: 'dataset' = what the data carries (project datasets: the returns "
+        "of their own expert and of random actions; files: values stored in them, else D4RL's), 'd4rl' = D4RL's "
+        "published values (as papers report), or two numbers RANDOM,EXPERT", metavar="dataset|d4rl|RANDOM,EXPERT")
+    algo_options: dict[str, Any] = _field({}, "overrides of the algorithm's own config, e.g. beta=3.0 for IQL")
 
     def __post_init__(self):
         for name in COUNT_FIELDS + ("seed",):
