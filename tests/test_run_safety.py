@@ -284,3 +284,85 @@ def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_text(tmp_path,
     assert written[0][0] == "config" and '"seed": 3' in written[0][1]
     assert written[1:] == ["eval/return_mean", "eval/validation_mse", "train/actor_loss", "time/wall_s",
                            "mask/actor/sparsity", "mask/actor/changed"]
+
+
+def test_a_run_directory_in_use_is_refused_and_left_as_it_is(tmp_path, hopper_random):
+    """Two processes training one directory would interleave their rows and checkpoints (seen when
+    a stopped sweep's worker went on beside its successor): the second is refused, nothing changes."""
+    from sparse_reg.training.run_directory import RunInUseError, lock_run
+
+    out = tmp_path / "run"
+    train(RunConfig(**{**RUN, "steps": 100}), out, dataset=hopper_random, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    holder = lock_run(out)  # another open file description: flock conflicts as with another process
+    try:
+        for resume, overwrite in ((True, False), (False, True)):
+            with pytest.raises(RunInUseError, match="being trained by another process"):
+                train(RunConfig(**{**RUN, "steps": 200}), out, dataset=hopper_random, progress=False,
+                      resume=resume, overwrite=overwrite)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    finally:
+        holder.close()
+    train(RunConfig(**{**RUN, "steps": 200}), out, dataset=hopper_random, progress=False, overwrite=True)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 200  # free again once released
+
+
+def test_an_empty_directory_holding_only_a_stale_lock_is_empty(tmp_path, hopper_random):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("")  # left by a process that died before writing anything
+    train(RunConfig(**{**RUN, "steps": 100}), out, dataset=hopper_random, progress=False)
+    assert (out / "summary.json").exists()
+
+
+WORKER_SCRIPT = """
+import multiprocessing as mp, os, sys, time
+from sparse_reg.training.parallel import die_with_parent
+
+def worker(path):
+    die_with_parent()
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = mp.get_context("spawn").Process(target=worker, args=(sys.argv[1],))
+    child.start()
+    time.sleep(120)
+"""
+
+
+def test_a_worker_ends_with_the_process_that_started_it(tmp_path):
+    """kill -9 of a sweep must not leave its workers training on (they would race the next sweep)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signals are Linux's")
+    script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
+    script.write_text(WORKER_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        for _ in range(600):  # the child has asked for the signal once it wrote its pid
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):
+            if not _alive(child):
+                break
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

@@ -8,6 +8,9 @@ A run directory holds::
     masks.csv            one row per (mask refresh, network, layer)
     tensorboard/         TensorBoard event files
     summary.json         written last: its presence means the run finished
+    .lock                held (flock) by the process training the run: a second process that
+                         tries to train or resume the same directory is refused, and the lock
+                         goes with its holder, however that process ends
 
 Runs written before checkpoints became one file also have ``checkpoint.json`` (the step and run
 facts); they are still read, and the file is removed when such a run writes its next checkpoint.
@@ -15,8 +18,10 @@ facts); they are still read, and the file is removed when such a run writes its 
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import IO
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -25,6 +30,34 @@ LEGACY_CHECKPOINT_INFO = "checkpoint.json"
 METRICS_FILE = "metrics.csv"
 MASKS_FILE = "masks.csv"
 TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
+
+
+class RunInUseError(RuntimeError):
+    """Another process is training this run directory."""
+
+
+def lock_run(directory: str | os.PathLike) -> IO:
+    """Take the run directory's lock (creating the directory) and return its open file; closing
+    the file, or the end of this process however it happens, releases it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunInUseError(
+            f"{directory} is being trained by another process (it holds {LOCK_FILE}): stop that one first, "
+            "or train into another directory"
+        ) from None
+    return handle
+
+
+def run_entries(directory: str | os.PathLike) -> list[Path]:
+    """What a run directory holds, its lock file aside (an empty directory holds nothing)."""
+    directory = Path(directory)
+    return [p for p in directory.iterdir() if p.name != LOCK_FILE] if directory.is_dir() else []
 
 
 def is_finished(directory: str | os.PathLike) -> bool:

@@ -36,7 +36,15 @@ from .compile_cache import enable_compilation_cache
 from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
 from .logging import RunLogger, read_rows
-from .run_directory import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, has_checkpoint, run_directory_of
+from .run_directory import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    has_checkpoint,
+    lock_run,
+    run_directory_of,
+    run_entries,
+)
 
 # Updates unrolled per scan iteration: XLA then schedules several updates as one loop body,
 # measured ~5-7% more updates/s for IQL and BC on a 2-core CPU (benchmarks/speed.py).
@@ -203,16 +211,17 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
         if not has_checkpoint(out):
             raise FileNotFoundError(f"cannot resume: no checkpoint in {out}")
         return
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if run_entries(out) and not overwrite:
         raise RunDirectoryError(f"output directory {out} already exists and is not empty: use --resume or --overwrite")
 
 
 def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """Empty ``out`` for a fresh run (its lock, held by this process, stays)."""
     check_run_directory(out, resume, overwrite)
     if resume:
         return
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
+    for entry in run_entries(out):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -261,6 +270,12 @@ class StartedGroup:
     evaluator: RolloutEvaluator
     states: list[tuple[Any, jax.Array]]  # (agent state, data-sampling key) per run
     step: int
+    locks: list = dataclasses.field(default_factory=list)  # the run directories' locks, held until the end
+
+    def release(self) -> None:
+        self.evaluator.close()
+        for lock in self.locks:
+            lock.close()
 
 
 def train(
@@ -322,8 +337,11 @@ def start_runs(
             f"environment {lead.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
         )
     states = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
-    step = 0
+    step, locks = 0, []
     try:
+        # Locked before anything in them changes: two processes never train (or empty) one directory.
+        for r in runs:
+            locks.append(lock_run(r.out))
         if resume:
             steps = {c.step for c in checkpoints}
             if len(steps) > 1:
@@ -339,11 +357,13 @@ def start_runs(
                 (r.out / CONFIG_FILE).write_text(json.dumps(record, indent=2))
     except BaseException:
         evaluator.close()
+        for lock in locks:
+            lock.close()
         raise
     for r in runs:
         r.logger = RunLogger(r.out, resume_step=step if resume else None,
                              config={**r.config.to_dict(), "data": r.data.identity})
-    return StartedGroup(runs, sparse, evaluator, states, step)
+    return StartedGroup(runs, sparse, evaluator, states, step, locks)
 
 
 def train_group(
@@ -364,6 +384,14 @@ def train_group(
     """
     enable_compilation_cache()
     group = start_runs(configs, [Path(o) for o in outs], dataset, resume=resume, overwrite=overwrite)
+    try:
+        return run_group(group, progress=progress, on_evaluation=on_evaluation)
+    finally:
+        group.release()
+
+
+def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[dict], None] | None) -> list[dict]:
+    """Step started runs to the end: mask refreshes, chunks of updates, evaluations, summaries."""
     runs, sparse, evaluator, step = group.runs, group.sparse, group.evaluator, group.step
     config = runs[0].config
     lanes = Lanes(len(runs))
@@ -426,18 +454,15 @@ def train_group(
                         on_evaluation({**row, "seed": r.config.seed})
                 last_return = float(np.mean(returns))
                 bar.set_postfix_str(f"last return {last_return:.0f}")
+        summaries = []
+        for i, r in enumerate(runs):
+            summary = build_summary(r.config, r.data, lanes.index(state, i), algorithm, read_rows(r.out / METRICS_FILE))
+            (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            summaries.append(summary)
     finally:
         bar.close()
-        evaluator.close()
         for r in runs:
-            if r.logger is not None:
-                r.logger.close()
-
-    summaries = []
-    for i, r in enumerate(runs):
-        summary = build_summary(r.config, r.data, lanes.index(state, i), algorithm, read_rows(r.out / METRICS_FILE))
-        (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-        summaries.append(summary)
+            r.logger.close()
     return summaries
 
 
