@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-TINY = ["--steps", "40", "--size", "1000", "--hidden", "64", "--batch-size", "64"]
+TINY = ["--steps", "60", "--size", "1000"]
 
 
 def run_example(name: str, *args: str) -> str:
@@ -33,16 +33,16 @@ def loss_change(output: str, label: str) -> tuple[float, float]:
 def test_bc_example_masks_95_percent_and_learns():
     output = run_example("bc_flax.py")
     assert "step      0: masks refreshed, 95.0% of weights masked" in output
-    # 11·64 + 64·64 + 64·3 = 4992 weight entries, round(0.05 · 4992) = 250 kept.
-    assert "policy: 95.0% of weights masked (250 of 4992 weight entries kept; biases dense)" in output
+    # 11·256 + 256·256 + 256·3 = 69120 weight entries, round(0.05 · 69120) = 3456 kept.
+    assert "policy: 95.0% of weights masked (3456 of 69120 weight entries kept; biases dense)" in output
     first, last = loss_change(output, "loss")
-    assert last < 0.8 * first, output
+    assert last < 0.7 * first, output
 
 
 def test_bc_example_dense_baseline_masks_nothing():
     output = run_example("bc_flax.py", "--sparsity", "0")
     assert "masks refreshed" not in output
-    assert "policy: 0.0% of weights masked (4992 of 4992 weight entries kept" in output
+    assert "policy: 0.0% of weights masked (69120 of 69120 weight entries kept" in output
     first, last = loss_change(output, "loss")
     assert last < first, output
 
@@ -51,9 +51,13 @@ def test_iql_example_masks_every_network_and_learns():
     output = run_example("iql_flax.py")
     assert re.search(r"step      0: masks refreshed, masked actor 95\.0% .*critic 95\.0% .*value 95\.0%", output), output
     assert "masked: actor 95.0% of weights, critic 95.0% of weights, value 95.0% of weights" in output
-    for network in ("actor", "critic", "value"):
+    # The TD and expectile losses fall; the actor's advantage-weighted loss need not in 60 steps (its
+    # weights move with the critic), but its mean action comes closer to the data's.
+    for network in ("critic", "value"):
         first, last = loss_change(output, f"{network} loss")
         assert last < first, (network, output)
+    match = re.search(r"^actor's action MSE on the data ([\d.]+) -> ([\d.]+)", output, re.MULTILINE)
+    assert match and float(match.group(2)) < float(match.group(1)), output
     assert re.search(r"policy return over 20 episodes -?[\d.]+ \(behaviour data: -?[\d.]+\)", output), output
 
 
