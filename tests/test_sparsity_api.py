@@ -493,3 +493,23 @@ def test_refresh_masks_under_jit_on_train_states():
     jitted, _ = refresh(nets, batch, jax.random.PRNGKey(1))
     for name in LOSSES:
         assert_trees_equal(sr.get_masks(jitted[name].opt_state), sr.get_masks(eager[name].opt_state))
+
+
+def test_masked_updates_pass_extra_arguments_on():
+    """Optimisers that take extra arguments (e.g. a loss ``value=``) keep working when wrapped."""
+    seen = {}
+
+    def update_fn(updates, state, params=None, *, value):
+        seen["value"] = value
+        return updates, state
+
+    needs_value = optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+    params = {"dense": {"kernel": jnp.ones((2, 2))}}
+    tx = sr.masked_updates(needs_value)
+    opt_state = sr.set_masks(tx.init(params), {"dense": {"kernel": jnp.asarray([[1.0, 0.0], [0.0, 1.0]])}})
+    updates, _ = tx.update({"dense": {"kernel": jnp.full((2, 2), 3.0)}}, opt_state, params, value=0.5)
+    assert seen["value"] == 0.5
+    np.testing.assert_array_equal(np.asarray(updates["dense"]["kernel"]), [[3.0, 0.0], [0.0, 3.0]])
+    plain_updates, _ = sr.masked_updates(optax.sgd(1.0)).update(
+        {"dense": {"kernel": jnp.ones((2, 2))}}, sr.masked_updates(optax.sgd(1.0)).init(params), params, value=0.5)
+    np.testing.assert_array_equal(np.asarray(plain_updates["dense"]["kernel"]), -1.0)

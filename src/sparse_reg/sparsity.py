@@ -255,15 +255,17 @@ def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransfo
     optax transformation; the forward pass still has to use ``apply_masks(params, masks)``.
     """
 
+    inner = optax.with_extra_args_support(inner)  # pass on extra arguments (e.g. value=) to optimisers that take them
+
     def init_fn(params):
         return MaskedUpdatesState(masks=dense_masks(params), inner_state=inner.init(params))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         masked_params = None if params is None else apply_masks(params, state.masks)
-        updates, inner_state = inner.update(updates, state.inner_state, masked_params)
+        updates, inner_state = inner.update(updates, state.inner_state, masked_params, **extra_args)
         return apply_masks(updates, state.masks), MaskedUpdatesState(state.masks, inner_state)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_masked_state(node: Any) -> bool:
