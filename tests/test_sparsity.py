@@ -112,7 +112,7 @@ def test_topk_keeps_exactly_round_k_highest_scores_globally(keep, expected_k):
     assert expected_k == round(keep * 20)
     rng = np.random.default_rng(int(keep * 1000))
     order = rng.permutation(20).astype(np.float32)  # distinct scores: the k largest are unambiguous
-    masks = topk_masks(ordered_scores(order), keep)
+    masks = topk_masks(ordered_scores(order), keep=keep)
 
     flat_mask = np.concatenate([np.asarray(masks["MLP_0"][k]["kernel"]).ravel() for k in SHAPES])
     assert set(np.unique(flat_mask)) <= {0.0, 1.0}
@@ -129,11 +129,11 @@ def test_topk_keeps_exactly_round_k_highest_scores_globally(keep, expected_k):
 def test_topk_is_global_not_per_layer():
     # All of Dense_1's scores beat all of Dense_0's: keeping 8 of 20 must empty Dense_0 entirely.
     order = np.concatenate([np.arange(12), 100 + np.arange(8)]).astype(np.float32)
-    masks = topk_masks(ordered_scores(order), 0.4)
+    masks = topk_masks(ordered_scores(order), keep=0.4)
     np.testing.assert_array_equal(np.asarray(masks["MLP_0"]["Dense_0"]["kernel"]), 0.0)
     np.testing.assert_array_equal(np.asarray(masks["MLP_0"]["Dense_1"]["kernel"]), 1.0)
     # Keeping 10: Dense_1 whole plus Dense_0's two best entries (scores 11 and 10: flat idx 11, 10).
-    masks = topk_masks(ordered_scores(order), 0.5)
+    masks = topk_masks(ordered_scores(order), keep=0.5)
     d0 = np.asarray(masks["MLP_0"]["Dense_0"]["kernel"]).ravel()
     assert set(np.flatnonzero(d0)) == {10, 11}
 
@@ -148,7 +148,7 @@ def test_topk_on_twin_q_tree_counts_both_heads_together():
     n = sum(leaf.size for _, leaf in kernel_items(scores))
     assert n == 2 * (5 * 8 + 8 * 8 + 8 * 1)
     for keep in (0.05, 0.25, 0.123):
-        masks = topk_masks(scores, keep)
+        masks = topk_masks(scores, keep=keep)
         flat_s = np.concatenate([leaf.ravel() for _, leaf in kernel_items(scores)])
         flat_m = np.concatenate([leaf.ravel() for _, leaf in kernel_items(masks)])
         k = round(keep * n)
@@ -221,7 +221,7 @@ def test_network_masks_score_with_mask_set_to_all_ones(bc_setup):
     loss = BC.losses["actor"]
     key = jax.random.PRNGKey(7)
     keep = 0.3
-    masks_of = jax.jit(lambda state, batch, key: network_masks(loss, state, "actor", batch, key, keep))
+    masks_of = jax.jit(lambda state, batch, key: network_masks(loss, state, "actor", batch, key, sparsity=1 - keep))
     reference = masks_of(dense, batch, key)
 
     # Mask that prunes exactly the weights the dense scoring would keep (worst case): a
@@ -567,11 +567,11 @@ def test_refresh_scores_every_network_against_the_original_state():
     leaves_equal = lambda a, b: all(  # noqa: E731
         np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
     for name in TD3BC.losses:
-        expected = network_masks(TD3BC.losses[name], state, name, batch, keys[name], 0.1)
+        expected = network_masks(TD3BC.losses[name], state, name, batch, keys[name], sparsity=0.9)
         assert leaves_equal(expected, getattr(refreshed, name).mask), name
     # Precondition: scoring the critic after installing the new actor mask would give another mask.
     with_new_actor = state.replace(actor=state.actor.replace(mask=refreshed.actor.mask))
-    sequential = network_masks(TD3BC.losses["critic"], with_new_actor, "critic", batch, keys["critic"], 0.1)
+    sequential = network_masks(TD3BC.losses["critic"], with_new_actor, "critic", batch, keys["critic"], sparsity=0.9)
     assert not leaves_equal(sequential, refreshed.critic.mask)
 
 

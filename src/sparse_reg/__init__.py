@@ -8,14 +8,38 @@ Quick start::
     config = sr.RunConfig(algo="iql", size=10_000, sparsity="auto", steps=100_000)
     summary = sr.train(config, out="runs/iql-sparse", dataset=data)
     agent = sr.load_agent("runs/iql-sparse")
-    actions = agent.act(observations)
+    actions = agent.act(data.observations[:5])                 # raw observations in, actions out
 
 ``sparsity=0`` trains the dense baseline; everything else is the same.
+
+Sparse-Reg in an agent of your own (any params pytree, any optax optimiser)::
+
+    tx = sr.masked_updates(optax.adam(3e-4))                      # pruned weights get no update
+    masks = sr.snip_masks(lambda p: loss_fn(p, batch), params, sparsity=0.95)   # score the full network
+    opt_state = sr.set_masks(opt_state, masks)                    # install (refresh) the masks
+    loss = loss_fn(sr.apply_masks(params, sr.get_masks(opt_state)), batch)      # forward pass with θ ⊙ m
+
+See ``examples/bc_flax.py`` and ``examples/iql_flax.py``.
 """
 
 from .algorithms import ALGORITHMS, get_algorithm
 from .data import Dataset, DatasetError, load_dataset
-from .sparsity import SparseRegConfig, refresh_masks, snip_scores, topk_masks
+from .sparsity import (
+    MaskedUpdatesState,
+    SparseRegConfig,
+    apply_masks,
+    dense_masks,
+    get_masks,
+    is_weight_matrix,
+    masked_updates,
+    refresh_masks,
+    set_masks,
+    snip_masks,
+    snip_scores,
+    snip_scores_from_grads,
+    topk_masks,
+    weight_sparsity,
+)
 from .training.config import RunConfig
 from .training.trainer import Agent, load_agent, train
 
@@ -24,13 +48,23 @@ __all__ = [
     "Agent",
     "Dataset",
     "DatasetError",
+    "MaskedUpdatesState",
     "RunConfig",
     "SparseRegConfig",
+    "apply_masks",
+    "dense_masks",
     "get_algorithm",
+    "get_masks",
+    "is_weight_matrix",
     "load_agent",
     "load_dataset",
+    "masked_updates",
     "refresh_masks",
+    "set_masks",
+    "snip_masks",
     "snip_scores",
+    "snip_scores_from_grads",
     "topk_masks",
     "train",
+    "weight_sparsity",
 ]

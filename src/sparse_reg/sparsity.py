@@ -6,11 +6,13 @@ that network with. A mask refresh, for every such network:
 1. scores every weight with SNIP, ``S(θ_q) = |θ_q · ∂L_n/∂θ_q|``, evaluated with the
    mask set to all ones (the full network, pruned weights at their frozen values);
 2. keeps the global top-k weight entries of the network, ``k = max(1, round(keep · #weights))``
-   (weight matrices only: leaves named ``kernel``; biases stay dense).
+   with ``keep = 1 - sparsity`` (weight matrices only: leaves named ``kernel`` or ``w``;
+   biases and scales stay dense).
 
 Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or only at
 step 0 when ``until == 0`` (SFI, single shot at initialisation). Applying the mask in
-forward passes and updates is :class:`sparse_reg.masked_net.MaskedNet`'s job. Nothing
+forward passes and updates is :class:`sparse_reg.masked_net.MaskedNet`'s job (or, for
+any optax optimiser, :func:`masked_updates`'s and :func:`apply_masks`'). Nothing
 here knows any algorithm: a new algorithm only declares its losses.
 
 Scoring the full network (step 1) and keeping pruned weights at their values is what the
@@ -19,19 +21,31 @@ on a deep copy of the agent before the scoring pass; ``algos.py`` applies masks 
 ``fixed_weight=-1``, which skips zeroing). One difference: that code scores all networks
 of the agent at once, each seeing the *others* unmasked too; here each network is scored
 with the other networks as they are trained, masks included.
+
+The same mechanism works on any parameter pytree, for an agent written without this
+project (a Flax ``TrainState``, Haiku params, a dict)::
+
+    tx = sr.masked_updates(optax.adam(3e-4))                     # pruned weights frozen
+    masks = sr.snip_masks(lambda p: loss(p, batch), params, sparsity=0.95)   # full network scored
+    opt_state = sr.set_masks(opt_state, masks)                   # a refresh
+    loss(sr.apply_masks(params, sr.get_masks(opt_state)), batch)  # forward pass with θ ⊙ m
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from .masked_net import MaskedNet
 
 PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, Any]]  # (state, batch, key) -> (loss, aux)
+Prunable = Callable[[tuple, Any], bool]  # (pytree path, leaf) -> whether the leaf's entries compete for the top-k
 
 AUTO_SMALL_DATA_LIMIT = 25_000  # the paper: 95% sparse at 5k-10k samples, 75% at 50k-100k
 
@@ -77,58 +91,320 @@ def resolve_sparsity(value: str | float, train_size: int) -> float:
     return float(value)
 
 
-def is_prunable(path: tuple, leaf: jax.Array) -> bool:
-    last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None)) == "kernel"
+# --------------------------------------------------------------------------------------
+# Which leaves compete for the top-k
+# --------------------------------------------------------------------------------------
+
+WEIGHT_NAMES = frozenset({"kernel", "w"})  # Flax / NNX weight matrices; Haiku's (and many hand-written) ``w``
+_WRAPPER_NAMES = frozenset({"value", "raw_value"})  # NNX state paths end in <name>/value
 
 
-def _prunable_flags(params: PyTree) -> PyTree:
-    return jax.tree_util.tree_map_with_path(is_prunable, params)
+def _key_name(entry: Any) -> Any:
+    for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(entry, attribute):
+            return getattr(entry, attribute)
+    return str(entry)
+
+
+def _names(path: tuple) -> list:
+    names = [_key_name(entry) for entry in path]
+    while len(names) > 1 and names[-1] in _WRAPPER_NAMES:
+        names.pop()
+    return names
+
+
+def leaf_name(path: tuple) -> Any:
+    """The parameter's own name at the end of a pytree path (``kernel``, ``w``, ``bias``, ...)."""
+    names = _names(path)
+    return names[-1] if names else None
+
+
+def layer_name(path: tuple) -> str:
+    """``MLP_0/Dense_1`` for ``MLP_0/Dense_1/kernel``; the leaf's own name for a top-level leaf."""
+    names = _names(path)
+    return "/".join(map(str, names[:-1] or names))
+
+
+def is_weight_matrix(path: tuple, leaf: Any) -> bool:
+    """The default prunable predicate: a leaf named ``kernel`` or ``w`` with at least two axes.
+
+    Biases, LayerNorm scales and log-stds are never pruned. Write your own
+    ``(path, leaf) -> bool`` for other names (``is_prunable=`` of :func:`topk_masks`).
+    """
+    return leaf_name(path) in WEIGHT_NAMES and getattr(leaf, "ndim", 0) >= 2
+
+
+def _prunable_flags(tree: PyTree, is_prunable: Prunable | None = None) -> list[bool]:
+    predicate = is_prunable or is_weight_matrix
+    return [bool(predicate(path, leaf)) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+# --------------------------------------------------------------------------------------
+# Scores and masks on any parameter pytree
+# --------------------------------------------------------------------------------------
 
 
 def snip_scores(loss_of_params: Callable[[PyTree], jax.Array], params: PyTree) -> PyTree:
-    """|θ · ∂L/∂θ| for every parameter (the caller decides which leaves compete)."""
-    grads = jax.grad(loss_of_params)(params)
+    """|θ · ∂L/∂θ| for every parameter (the caller decides which leaves compete).
+
+    Pass the *full* network's loss (no mask applied) to score every weight, pruned or not.
+    """
+    return snip_scores_from_grads(params, jax.grad(loss_of_params)(params))
+
+
+def snip_scores_from_grads(params: PyTree, grads: PyTree) -> PyTree:
+    """|θ · g| leaf by leaf, for gradients you already have."""
     return jax.tree_util.tree_map(lambda p, g: jnp.abs(p * g), params, grads)
 
 
-def topk_masks(scores: PyTree, keep_ratio: float) -> PyTree:
-    """0/1 float masks keeping exactly ``round(keep_ratio * #weights)`` weight entries.
+def _keep_fraction(sparsity: float | None, keep: float | None) -> float:
+    if (sparsity is None) == (keep is None):
+        raise TypeError("give exactly one of sparsity= (fraction pruned, in [0, 1)) or keep= (fraction kept, in (0, 1])")
+    if keep is None:
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        return 1.0 - sparsity
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    return keep
 
-    The top-k is global over all weight matrices of the network; non-weight leaves
-    (biases, norm scales, log-stds) get all-ones masks.
+
+def topk_masks(
+    scores: PyTree,
+    *,
+    sparsity: float | None = None,
+    keep: float | None = None,
+    is_prunable: Prunable | None = None,
+) -> PyTree:
+    """0/1 float32 masks keeping the ``k`` highest-scoring prunable entries, globally.
+
+    Exactly one of ``sparsity`` (fraction pruned) or ``keep`` (fraction kept, ``1 - sparsity``).
+    ``k = max(1, round(keep · n))`` where ``n`` counts every entry of every prunable leaf
+    (default :func:`is_weight_matrix`; ``is_prunable(path, leaf) -> bool`` overrides); the
+    top-k is over all of them together, not per layer. Ties go to the entry that comes first
+    in flatten order, so exactly ``k`` are kept. Other leaves get all-ones masks.
     """
-    flags = _prunable_flags(scores)
+    keep_fraction = _keep_fraction(sparsity, keep)
     leaves, treedef = jax.tree_util.tree_flatten(scores)
-    prunable = jax.tree_util.tree_leaves(flags)
-    weights = [leaf.ravel() for leaf, p in zip(leaves, prunable) if p]
-    flat = jnp.concatenate(weights)
-    k = max(1, int(round(keep_ratio * flat.size)))  # at least one weight, even for a toy network
-    keep = jnp.zeros(flat.size, jnp.float32).at[jax.lax.top_k(flat, k)[1]].set(1.0)
+    prunable = _prunable_flags(scores, is_prunable)
+    if not any(prunable):
+        names = sorted({str(leaf_name(path)) for path, _ in jax.tree_util.tree_flatten_with_path(scores)[0]})
+        raise ValueError(
+            f"no prunable leaves: the default prunes weight matrices named 'kernel' or 'w', these params have "
+            f"{', '.join(names) or 'no leaves'}; pass is_prunable=lambda path, leaf: ... to choose"
+        )
+    flat = jnp.concatenate([leaf.ravel() for leaf, p in zip(leaves, prunable) if p])
+    k = max(1, int(round(keep_fraction * flat.size)))  # at least one weight, even for a toy network
+    # lax.top_k breaks ties by the lower index: deterministic, and exactly k entries.
+    kept = jnp.zeros(flat.size, jnp.float32).at[jax.lax.top_k(flat, k)[1]].set(1.0)
     masks, offset = [], 0
     for leaf, p in zip(leaves, prunable):
         if p:
-            masks.append(keep[offset : offset + leaf.size].reshape(leaf.shape))
+            masks.append(kept[offset : offset + leaf.size].reshape(leaf.shape))
             offset += leaf.size
         else:
             masks.append(jnp.ones(leaf.shape, jnp.float32))
     return jax.tree_util.tree_unflatten(treedef, masks)
 
 
-def network_masks(loss_fn: LossFn, state: Any, name: str, batch: Any, key: jax.Array, keep_ratio: float) -> PyTree:
-    """SNIP masks for network ``state.<name>`` scored with its own loss, mask set to all ones."""
-    dense_net = getattr(state, name).replace(mask=None)
+def snip_masks(
+    loss_of_params: Callable[[PyTree], jax.Array],
+    params: PyTree,
+    *,
+    sparsity: float,
+    is_prunable: Prunable | None = None,
+) -> PyTree:
+    """SNIP scores of the full network, then global top-k masks, in one call.
+
+    ``loss_of_params(params) -> scalar`` must run the network *unmasked* (pass the raw
+    params, not ``apply_masks(params, masks)``), so weights pruned so far can come back.
+    """
+    return topk_masks(snip_scores(loss_of_params, params), sparsity=sparsity, is_prunable=is_prunable)
+
+
+def dense_masks(params: PyTree) -> PyTree:
+    """All-ones float32 masks shaped like ``params`` (the dense network)."""
+    return jax.tree_util.tree_map(lambda p: jnp.ones(jnp.shape(p), jnp.float32), params)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+    """θ ⊙ m, leaf by leaf, in the params' dtype: use it in the forward pass of a network and of its target copy."""
+    return jax.tree_util.tree_map(lambda p, m: p * jnp.asarray(m, jnp.result_type(p)), params, masks)
+
+
+# --------------------------------------------------------------------------------------
+# The optimiser side: pruned weights frozen, not zeroed
+# --------------------------------------------------------------------------------------
+
+
+class MaskedUpdatesState(NamedTuple):
+    """State of :func:`masked_updates`: the current masks and the wrapped optimiser's state."""
+
+    masks: PyTree
+    inner_state: optax.OptState
+
+
+def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Wrap an optax optimiser so that only the weights the current mask keeps are trained.
+
+    The state holds the masks (all ones at ``init``; replace them with :func:`set_masks`).
+    Each update gives ``inner`` the params ``θ ⊙ m`` (so weight decay and L1 terms vanish for
+    pruned weights) and multiplies its updates by ``m``: a pruned weight gets no gradient
+    step, no Adam-momentum drift and no decay. It keeps its value, and a later mask that
+    keeps it again revives it as it was. This is :meth:`MaskedNet.apply_gradients` as an
+    optax transformation; the forward pass still has to use ``apply_masks(params, masks)``.
+    """
+
+    inner = optax.with_extra_args_support(inner)  # pass on extra arguments (e.g. value=) to optimisers that take them
+
+    def init_fn(params):
+        return MaskedUpdatesState(masks=dense_masks(params), inner_state=inner.init(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        masked_params = None if params is None else apply_masks(params, state.masks)
+        updates, inner_state = inner.update(updates, state.inner_state, masked_params, **extra_args)
+        return apply_masks(updates, state.masks), MaskedUpdatesState(state.masks, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_masked_state(node: Any) -> bool:
+    return isinstance(node, MaskedUpdatesState)
+
+
+def _masked_states(opt_state: optax.OptState) -> list[MaskedUpdatesState]:
+    return [node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_masked_state) if _is_masked_state(node)]
+
+
+def _one_masked_state(opt_state: optax.OptState) -> MaskedUpdatesState:
+    found = _masked_states(opt_state)
+    if not found:
+        raise ValueError(
+            "this optimiser state holds no Sparse-Reg masks: build the optimiser with "
+            "sr.masked_updates(optimizer) (e.g. TrainState.create(..., tx=sr.masked_updates(optax.adam(3e-4))))"
+        )
+    if len(found) > 1:
+        raise ValueError(f"this optimiser state holds {len(found)} masked_updates states; wrap the optimiser once")
+    return found[0]
+
+
+def get_masks(opt_state: optax.OptState) -> PyTree:
+    """The masks inside an optimiser state built with :func:`masked_updates` (chained or nested)."""
+    return _one_masked_state(opt_state).masks
+
+
+def set_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+    """The optimiser state with new masks (a mask refresh); everything else, Adam moments included, unchanged.
+
+    The masks must have the params' tree structure and shapes; they are stored in the dtype
+    of the masks they replace, so the state's structure never changes (jit, scan).
+    """
+    old = _one_masked_state(opt_state).masks
+    old_leaves, old_def = jax.tree_util.tree_flatten(old)
+    new_leaves, new_def = jax.tree_util.tree_flatten(masks)
+    if new_def != old_def:
+        raise ValueError(f"masks do not match the params' structure:\n  expected {old_def}\n  got      {new_def}")
+    for o, n in zip(old_leaves, new_leaves):
+        if jnp.shape(o) != jnp.shape(n):
+            raise ValueError(f"mask of shape {jnp.shape(n)} where the params have shape {jnp.shape(o)}")
+    masks = jax.tree_util.tree_unflatten(old_def, [jnp.asarray(n, o.dtype) for o, n in zip(old_leaves, new_leaves)])
+    return jax.tree_util.tree_map(
+        lambda node: node._replace(masks=masks) if _is_masked_state(node) else node, opt_state, is_leaf=_is_masked_state
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Refreshing the networks of a train state
+# --------------------------------------------------------------------------------------
+
+
+def _network(state: Any, name: str | None) -> Any:
+    if name is None:
+        return state
+    try:
+        return state[name] if isinstance(state, Mapping) else getattr(state, name)
+    except (KeyError, AttributeError):
+        if isinstance(state, Mapping):
+            found = ", ".join(map(str, state)) or "none"
+        else:
+            found = ", ".join(getattr(state, "__dataclass_fields__", {})) or "none"
+        raise ValueError(
+            f"refresh_masks: no network {name!r} in the {type(state).__name__} it was given (its fields: {found}). "
+            "Give a state with one field or dict entry per name in losses (a flax.struct.PyTreeNode, a dataclass "
+            "with .replace, or a dict), each a MaskedNet or a TrainState whose tx is sr.masked_updates(...)"
+        ) from None
+
+
+def _with_network(state: Any, name: str | None, net: Any) -> Any:
+    if name is None:
+        return net
+    if isinstance(state, Mapping):
+        return {**state, name: net}
+    return state.replace(**{name: net})
+
+
+def _mask_of(net: Any, name: str | None) -> PyTree | None:
+    if isinstance(net, MaskedNet):
+        return net.mask
+    if hasattr(net, "params") and hasattr(net, "opt_state"):
+        try:
+            return get_masks(net.opt_state)
+        except ValueError as error:
+            raise ValueError(f"refresh_masks: network {name!r}: {error}") from None
+    raise ValueError(
+        f"refresh_masks: network {name!r} is a {type(net).__name__}; expected a MaskedNet or a train state with "
+        "params and opt_state (flax.training.train_state.TrainState) whose tx is sr.masked_updates(...)"
+    )
+
+
+def _with_mask(net: Any, mask: PyTree | None) -> Any:
+    if isinstance(net, MaskedNet):
+        return net.replace(mask=mask)
+    return net.replace(opt_state=set_masks(net.opt_state, dense_masks(net.params) if mask is None else mask))
+
+
+def network_masks(
+    loss_fn: LossFn,
+    state: Any,
+    name: str | None,
+    batch: Any,
+    key: jax.Array,
+    *,
+    sparsity: float,
+    is_prunable: Prunable | None = None,
+) -> PyTree:
+    """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones."""
+    net = _network(state, name)
+    _mask_of(net, name)  # a clear error for what is not a network
+    dense_net = _with_mask(net, None)
 
     def loss_of_params(params):
-        return loss_fn(state.replace(**{name: dense_net.replace(params=params)}), batch, key)[0]
+        return loss_fn(_with_network(state, name, dense_net.replace(params=params)), batch, key)[0]
 
-    return topk_masks(snip_scores(loss_of_params, dense_net.params), keep_ratio)
+    return snip_masks(loss_of_params, dense_net.params, sparsity=sparsity, is_prunable=is_prunable)
 
 
 def refresh_masks(
-    state: Any, losses: Mapping[str, LossFn], batch: Any, key: jax.Array, config: SparseRegConfig
+    state: Any,
+    losses: Mapping[str, LossFn] | LossFn,
+    batch: Any,
+    key: jax.Array,
+    config: SparseRegConfig,
+    *,
+    is_prunable: Prunable | None = None,
 ) -> tuple[Any, dict]:
     """New masks for every network in ``losses``; returns the state and per-layer statistics.
+
+    ``state`` holds the networks: a ``flax.struct.PyTreeNode`` (or anything with attribute
+    access and ``.replace``) or a dict, with one entry per name in ``losses``. Each network is
+    a :class:`MaskedNet`, or a train state with ``params`` and ``opt_state`` (e.g. Flax's
+    ``TrainState``) whose optimiser is wrapped in :func:`masked_updates`; its masks are read
+    and written with :func:`get_masks` / :func:`set_masks`. ``losses[name](state, batch, key)
+    -> (loss, aux)`` must run that network with its current masks (``apply_masks(params,
+    get_masks(opt_state))`` for a TrainState), so that scoring with the masks set to all ones
+    scores the full network. ``state`` may also be one such TrainState, with ``losses`` a
+    single loss ``(train_state, batch, key) -> (loss, aux)``; the statistics then have the key
+    ``None``.
 
     The statistics of each network's ``"total"`` also hold its loss on the scoring batch with
     the previous mask and with the new one (``loss_before``, ``loss_after``; other networks as
@@ -137,32 +413,40 @@ def refresh_masks(
     Every network is scored against the same state (all other masks as they were), so the
     result does not depend on the order in which networks are listed.
     """
-    keep_ratio = 1.0 - config.sparsity
+    if callable(losses) and not isinstance(losses, Mapping):
+        losses = {None: losses}
+    if not losses:
+        raise ValueError("refresh_masks: losses is empty; give one loss per network to sparsify")
     keys = jax.random.split(key, len(losses))
     new_masks = {
-        name: network_masks(loss_fn, state, name, batch, subkey, keep_ratio)
+        name: network_masks(loss_fn, state, name, batch, subkey, sparsity=config.sparsity, is_prunable=is_prunable)
         for subkey, (name, loss_fn) in zip(keys, losses.items())
     }
-    stats = {name: mask_statistics(mask, getattr(state, name).mask) for name, mask in new_masks.items()}
-    refreshed = state.replace(**{name: getattr(state, name).replace(mask=mask) for name, mask in new_masks.items()})
+    stats = {
+        name: mask_statistics(mask, _mask_of(_network(state, name), name), is_prunable)
+        for name, mask in new_masks.items()
+    }
+    refreshed = {name: _with_mask(_network(state, name), mask) for name, mask in new_masks.items()}
     # How much the refresh moves each network's loss on the scoring batch: reviving frozen weights
     # at their old values and dropping trained ones can change the function a lot.
     for subkey, (name, loss_fn) in zip(keys, losses.items()):
         stats[name]["total"]["loss_before"] = loss_fn(state, batch, subkey)[0]
-        stats[name]["total"]["loss_after"] = loss_fn(state.replace(**{name: getattr(refreshed, name)}), batch, subkey)[0]
-    return refreshed, stats
+        stats[name]["total"]["loss_after"] = loss_fn(_with_network(state, name, refreshed[name]), batch, subkey)[0]
+    for name, net in refreshed.items():
+        state = _with_network(state, name, net)
+    return state, stats
 
 
-def mask_statistics(mask: PyTree, previous: PyTree | None) -> dict:
+def mask_statistics(mask: PyTree, previous: PyTree | None, is_prunable: Prunable | None = None) -> dict:
     """Per weight matrix and per network: fraction pruned, and fraction of entries that flipped."""
-    flags = jax.tree_util.tree_leaves(_prunable_flags(mask))
+    flags = _prunable_flags(mask, is_prunable)
     named = jax.tree_util.tree_flatten_with_path(mask)[0]
     old = jax.tree_util.tree_leaves(previous) if previous is not None else [None] * len(named)
     stats, pruned, changed, total = {}, 0.0, 0.0, 0
     for (path, m), prunable, o in zip(named, flags, old):
         if not prunable:
             continue
-        layer = "/".join(str(getattr(p, "key", p)) for p in path[:-1])
+        layer = layer_name(path)
         n_pruned = jnp.sum(1.0 - m)
         n_changed = jnp.sum(m != o) if o is not None else jnp.asarray(float(m.size))
         stats[layer] = {"sparsity": n_pruned / m.size, "changed": n_changed / m.size}
@@ -171,8 +455,12 @@ def mask_statistics(mask: PyTree, previous: PyTree | None) -> dict:
     return stats
 
 
-def weight_sparsity(net: Any) -> float:
-    """Fraction of the network's weight entries that its mask prunes (0 for a dense net)."""
-    if net.mask is None:
+def weight_sparsity(net: Any, is_prunable: Prunable | None = None) -> float:
+    """Fraction of the network's prunable entries that its mask prunes (0 for a dense net).
+
+    ``net``: a :class:`MaskedNet` or a TrainState whose optimiser is :func:`masked_updates`.
+    """
+    mask = _mask_of(net, None)
+    if mask is None:
         return 0.0
-    return float(mask_statistics(net.mask, net.mask)["total"]["sparsity"])
+    return float(mask_statistics(mask, mask, is_prunable)["total"]["sparsity"])
