@@ -302,3 +302,30 @@ def test_chunk_means_weigh_pieces_by_the_updates_that_computed_each_metric():
     means = chunk_means(pieces)
     assert means["loss"] == pytest.approx(10.0 / 4) and means["actor"] == pytest.approx(2.5)
     assert np.isnan(chunk_means([{"actor": (np.float32(0.0), 0)}])["actor"])
+
+
+def test_progress_bar_moves_within_a_chunk_and_says_what_it_does(tmp_path, hopper_random, monkeypatch):
+    from sparse_reg.training import trainer
+
+    events = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def update(self, n):
+            events.append(("update", n))
+
+        def set_postfix_str(self, text):
+            events.append(("status", text))
+
+        set_description = close = lambda self, *args: None
+
+    monkeypatch.setattr(trainer, "tqdm", Bar)
+    monkeypatch.setattr(trainer, "PROGRESS_PIECE", 50)
+    train(small_config(algo="bc", sparsity=0.9, steps=200, eval_every=200, mask_interval=100, mask_until=150),
+          tmp_path / "run", dataset=hopper_random, progress=True)
+    assert [n for kind, n in events if kind == "update"] == [50] * 4
+    statuses = [text for kind, text in events if kind == "status"]
+    assert statuses[0] == "refreshing masks" and statuses.count("refreshing masks") == 2  # steps 0 and 100
+    assert any(text.startswith("evaluating 2 episodes") for text in statuses)
