@@ -4,6 +4,7 @@
     python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
     python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
     python benchmarks/speed.py --only seeds    # just 5 seeds vs 1 seed (~5 min), to its own file
+    python benchmarks/speed.py --only frozen   # frozen-mask phase: sparse layout vs masked vs dense (~8 min)
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -18,6 +19,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +31,8 @@ import numpy as np
 from sparse_reg.algorithms import ALGORITHMS, Batch
 from sparse_reg.data.collect import collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
-from sparse_reg.sparsity import SparseRegConfig
+from sparse_reg.sparse_layout import sparse_networks, state_to_dense, state_to_sparse
+from sparse_reg.sparsity import SparseRegConfig, mask_statistics
 from sparse_reg.training.compile_cache import CACHE_ENV
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
@@ -74,6 +77,108 @@ def updates_per_second(algo: str, sparsity: float, steps: int, repeats: int = 3)
         jax.block_until_ready(run(state, key, data, steps))
         best = min(best, time.perf_counter() - started)
     return steps / best
+
+
+def interleaved_seconds(programs: dict, rounds: int) -> dict:
+    """Wall times of each compiled zero-argument program, run in turn ``rounds`` times, so that every
+    variant sees the same machine load (the shared machine's load drifts within minutes)."""
+    for program in programs.values():
+        jax.block_until_ready(program())
+    times = {name: [] for name in programs}
+    for _ in range(rounds):
+        for name, program in programs.items():
+            started = time.perf_counter()
+            jax.block_until_ready(program())
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def frozen_phase(algo: str, steps: int, rounds: int) -> dict:
+    """The frozen-mask phase of one algorithm: the kept-values layout (sparse_layout) against the
+    dense-masked layout it replaces and a dense network, updates/s and per-round ratios measured
+    in turn; the layers' densities; and how far the two layouts drift apart over ``steps`` updates."""
+    algorithm = ALGORITHMS[algo]
+    config = RunConfig(algo=algo, sparsity=0.95, steps=steps)
+    batch_size = config.algorithm_config().batch_size
+    data = synthetic_batch(10_000, jax.random.PRNGKey(1))
+    masked, key = initial_state(config, OBS_DIM, ACTION_DIM, True)
+    masked, key, _ = make_mask_refresher(algorithm, SparseRegConfig(0.95), batch_size)(masked, key, data)
+    fast = state_to_sparse(masked, algorithm.losses)
+    dense, _ = initial_state(RunConfig(algo=algo, sparsity=0.0, steps=steps), OBS_DIM, ACTION_DIM, False)
+    run = make_chunk_runner(algorithm, batch_size)
+    times = interleaved_seconds(
+        {name: (lambda s=state: run(s, key, data, steps)) for name, state in
+         (("masked", masked), ("sparse_layout", fast), ("dense", dense))},
+        rounds,
+    )
+    after_masked, _, metrics_masked = run(masked, key, data, steps)
+    after_fast, _, metrics_fast = run(fast, key, data, steps)
+    after_fast = state_to_dense(after_fast, algorithm.losses)
+    return {
+        "updates_per_s": {name: round(steps / min(ts), 1) for name, ts in times.items()},
+        "sparse_layout_vs_masked": {
+            "median": round(statistics.median(m / f for m, f in zip(times["masked"], times["sparse_layout"])), 3),
+            "per_round": [round(m / f, 3) for m, f in zip(times["masked"], times["sparse_layout"])],
+        },
+        "dense_vs_masked_median": round(statistics.median(m / d for m, d in zip(times["masked"], times["dense"])), 3),
+        "layer_density": {
+            name: {layer: round(1 - float(v["sparsity"]), 4)
+                   for layer, v in mask_statistics(getattr(masked, name).mask, None).items() if layer != "total"}
+            for name in algorithm.losses
+        },
+        "kept_values_layers": {name: _indices_paths(getattr(fast, name).indices)
+                               for name in sparse_networks(fast, algorithm.losses)},
+        "max_abs_difference_after_steps": {
+            "params": float(max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+                lambda a, b: jnp.max(jnp.abs(a - b)),
+                [getattr(after_masked, n).params for n in algorithm.losses],
+                [getattr(after_fast, n).params for n in algorithm.losses])))),
+            "metrics": {k: float(abs(metrics_masked[k] - metrics_fast[k])) for k in metrics_masked},
+        },
+    }
+
+
+def _indices_paths(indices) -> list[str]:
+    return ["/".join(str(p.key) for p in path[:-1]) for path, _ in jax.tree_util.tree_flatten_with_path(indices)[0]]
+
+
+def sparse_layer_sweep(rounds: int, length: int = 500) -> list[dict]:
+    """One 256→256 layer, forward and backward (values and inputs), feature-major kept values against
+    ``(θ ⊙ m)ᵀ @ x``: where the sparse matmul pays on this CPU, by density and batch size."""
+    from jax.experimental import sparse as jsparse
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in (256, 1024):
+        for density in (0.01, 0.03, 0.05, 0.08):
+            w = rng.standard_normal((256, 256)).astype(np.float32) / 16
+            m = (rng.random((256, 256)) < density).astype(np.float32)
+            x = jnp.asarray(rng.standard_normal((256, batch)).astype(np.float32))
+            indices = jnp.asarray(np.argwhere(m > 0).astype(np.int32))
+            values = jnp.asarray(w[m > 0])
+
+            def dense_loss(w, x):
+                return jnp.sum(jnp.tanh((w * m) @ x))
+
+            def sparse_loss(v, x):
+                kernel = jsparse.BCOO((v, indices), shape=(256, 256), indices_sorted=True, unique_indices=True)
+                return jnp.sum(jnp.tanh(kernel @ x))
+
+            def chain(loss):
+                def body(carry, _):
+                    p, x = carry
+                    gp, gx = jax.grad(loss, argnums=(0, 1))(p, x)
+                    return (p - 1e-4 * gp, x - 1e-4 * gx), None
+
+                return jax.jit(lambda p: jax.lax.scan(body, (p, x), None, length=length)[0])
+
+            dense_chain, sparse_chain = chain(dense_loss), chain(sparse_loss)
+            w_j = jnp.asarray(w)
+            times = interleaved_seconds({"masked": lambda: dense_chain(w_j), "sparse": lambda: sparse_chain(values)}, rounds)
+            ratio = statistics.median(d / s for d, s in zip(times["masked"], times["sparse"]))
+            rows.append({"batch": batch, "density": density, "sparse_vs_masked_median": round(ratio, 3)})
+            print(f"  layer 256x256, batch {batch}, density {density:.0%}: sparse/masked speed {ratio:.2f}x", flush=True)
+    return rows
 
 
 def flops_per_update(algo: str) -> float:
@@ -209,7 +314,7 @@ def main() -> None:
     os.environ[CACHE_ENV] = "off"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
-    parser.add_argument("--only", choices=["updates", "seeds", "evaluate"], default=None,
+    parser.add_argument("--only", choices=["updates", "seeds", "evaluate", "frozen"], default=None,
                         help="measure only updates/s, only 5 seeds vs 1, or only Agent.evaluate (each to its own file)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -228,6 +333,8 @@ def main() -> None:
     }
     if args.only == "seeds":
         return _seeds_only(results, args, device, steps)
+    if args.only == "frozen":
+        return _frozen_only(results, args, device)
     if args.only == "evaluate":
         results.pop("updates_per_s")
         results["agent_evaluate"] = agent_evaluate_seconds(episodes=2 if args.quick else 10)
@@ -292,6 +399,21 @@ def machine_description() -> dict:
         pass
     isa = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if name in flags]
     return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _frozen_only(results: dict, args: argparse.Namespace, device: str) -> None:
+    del results["updates_per_s"]
+    steps, rounds = (50, 2) if args.quick else (300, 7)
+    results["load_average_before"] = os.getloadavg()
+    results["frozen_phase"] = {}
+    for algo in ("bc", "td3bc", "awac", "iql"):
+        row = frozen_phase(algo, steps, rounds)
+        results["frozen_phase"][algo] = row
+        print(f"{algo:6s} updates/s {row['updates_per_s']}, sparse layout / masked "
+              f"{row['sparse_layout_vs_masked']['median']:.2f}x (median of {rounds} rounds)", flush=True)
+    results["sparse_layer"] = sparse_layer_sweep(rounds)
+    results["load_average_after"] = os.getloadavg()
+    _write(results, args, device, suffix="-frozen")
 
 
 def _seeds_only(results: dict, args: argparse.Namespace, device: str, steps: int) -> None:

@@ -1,0 +1,86 @@
+"""The frozen-mask kept-values layout (sparse_layout) against the dense-masked path it replaces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparse_reg.algorithms import ALGORITHMS, Batch
+from sparse_reg.sparse_layout import SparseNet, sparse_networks, state_to_dense, state_to_sparse, to_dense, to_sparse
+from sparse_reg.sparsity import SparseRegConfig
+from sparse_reg.training.config import RunConfig
+from sparse_reg.training.trainer import initial_state, make_chunk_runner, make_mask_refresher
+
+OBS, ACT = 5, 2
+
+
+def _data(n=512):
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    return Batch(jax.random.normal(k[0], (n, OBS)), jnp.tanh(jax.random.normal(k[1], (n, ACT))),
+                 jax.random.normal(k[2], (n,)), jax.random.normal(k[3], (n, OBS)), jnp.zeros(n))
+
+
+def _masked_state(algo, **run_options):
+    config = RunConfig(algo=algo, sparsity=0.95, steps=1000, hidden_dims=(64, 64), algo_options={"batch_size": 32},
+                       **run_options)
+    algorithm = ALGORITHMS[algo]
+    state, key = initial_state(config, OBS, ACT, True)
+    state, key, _ = make_mask_refresher(algorithm, SparseRegConfig(0.95), 32)(state, key, _data())
+    return algorithm, state, key
+
+
+def _leaves_close(a, b, atol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_round_trip_is_exact():
+    algorithm, state, _ = _masked_state("iql")
+    fast = state_to_sparse(state, algorithm.losses)
+    assert sparse_networks(fast, algorithm.losses) == ["actor", "critic", "value"]
+    back = state_to_dense(fast, algorithm.losses)
+    for name in algorithm.losses:
+        for x, y in zip(jax.tree_util.tree_leaves(getattr(state, name)), jax.tree_util.tree_leaves(getattr(back, name))):
+            assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_kept_values_are_the_masks_ones():
+    algorithm, state, _ = _masked_state("bc")
+    net = state.actor
+    fast = to_sparse(net)
+    kernel, mask = net.params["MLP_0"]["Dense_1"]["kernel"], net.mask["MLP_0"]["Dense_1"]["kernel"]
+    values = fast.params["MLP_0"]["Dense_1"]["kernel"]
+    assert values.shape == (int(mask.sum()),)  # one head: no padding
+    np.testing.assert_array_equal(np.sort(np.asarray(values)), np.sort(np.asarray(kernel)[np.asarray(mask) > 0]))
+    assert to_sparse(net, max_density=0.0) is net  # nothing sparse enough: stays dense-masked
+    assert to_dense(net) is net
+
+
+@pytest.mark.parametrize(
+    "algo, run_options",
+    [("bc", {}), ("td3bc", {}), ("awac", {}), ("iql", {}), ("iql-paper-code", {}), ("awac-paper-code", {}),
+     ("td3bc", {"l1": 1e-3, "weight_decay": 1e-2})],  # L1 and AdamW transforms act on the kept values too
+)
+def test_same_training_as_dense_masked(algo, run_options):
+    algorithm, state, key = _masked_state(algo, **run_options)
+    fast = state_to_sparse(state, algorithm.losses)
+    assert isinstance(fast.actor, SparseNet)
+    run = make_chunk_runner(algorithm, 32)
+    data = _data()
+    masked_after, _, masked_metrics = run(state, key, data, 200)
+    fast_after, _, fast_metrics = run(fast, key, data, 200)
+    for name, value in masked_metrics.items():
+        np.testing.assert_allclose(float(fast_metrics[name]), float(value), rtol=1e-4, atol=1e-5, err_msg=name)
+    fast_after = state_to_dense(fast_after, algorithm.losses)
+    for name in algorithm.losses:
+        before, masked, dense = getattr(state, name), getattr(masked_after, name), getattr(fast_after, name)
+        assert type(dense) is type(masked)
+        _leaves_close(dense.params, masked.params, atol=1e-3)
+        _leaves_close(dense.opt_state, masked.opt_state, atol=1e-4)
+        if masked.target is not None:
+            _leaves_close(dense.target, masked.target, atol=1e-3)
+        for p, p0, m in zip(*(jax.tree_util.tree_leaves(t) for t in (dense.params, before.params, before.mask))):
+            pruned = np.asarray(m) == 0
+            assert np.array_equal(np.asarray(p)[pruned], np.asarray(p0)[pruned])  # pruned weights never move
+        for m, m0 in zip(jax.tree_util.tree_leaves(dense.mask), jax.tree_util.tree_leaves(before.mask)):
+            assert np.array_equal(np.asarray(m), np.asarray(m0))
