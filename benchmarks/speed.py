@@ -38,6 +38,7 @@ from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
 from sparse_reg.training.parallel import run_jobs, seed_jobs
 from sparse_reg.training.trainer import (
+    chunk_means,
     initial_state,
     make_chunk_runner,
     make_mask_refresher,
@@ -111,8 +112,9 @@ def frozen_phase(algo: str, steps: int, rounds: int) -> dict:
          (("masked", masked), ("sparse_layout", fast), ("dense", dense))},
         rounds,
     )
-    after_masked, _, metrics_masked = run(masked, key, data, steps)
-    after_fast, _, metrics_fast = run(fast, key, data, steps)
+    after_masked, _, sums_masked = run(masked, key, data, steps)
+    after_fast, _, sums_fast = run(fast, key, data, steps)
+    metrics_masked, metrics_fast = chunk_means([sums_masked]), chunk_means([sums_fast])
     after_fast = state_to_dense(after_fast, algorithm.losses)
     return {
         "updates_per_s": {name: round(steps / min(ts), 1) for name, ts in times.items()},
