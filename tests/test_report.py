@@ -165,7 +165,7 @@ def test_run_variant_from_config_and_tags():
 def test_comparison_cell_markers():
     assert comparison_cell([1.0, 3.0], [4.0, 6.0]) == "2.0 ± 1.0 → **5.0 ± 1.0** ▲"
     assert comparison_cell([4.0, 6.0], [1.0, 3.0]) == "5.0 ± 1.0 → 2.0 ± 1.0 ▼"
-    assert comparison_cell([], [1.0]) == "– → 1.0 ± 0.0"
+    assert comparison_cell([], [1.0]) == "– → 1.0"  # one seed: no spread to show, not "± 0.0"
     tex = comparison_cell([1.0, 3.0], [4.0, 6.0], latex=True)
     assert tex == r"$2.0 \pm 1.0$ $\rightarrow$ \textcolor{blue}{$5.0 \pm 1.0$}"
     assert r"\textcolor{red}" in comparison_cell([4.0, 6.0], [1.0, 3.0], latex=True)

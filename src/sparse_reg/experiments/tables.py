@@ -14,6 +14,7 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -54,7 +55,15 @@ MISSING = "–"
 
 
 def format_mean_std(mean: float, std: float, digits: int = 1) -> str:
-    return MISSING if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """"mean ± std"; the mean alone where there is no spread to show (one seed: std is NaN)."""
+    if not np.isfinite(mean):
+        return MISSING
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def spread(std: float, n: int) -> float:
+    """The std to print: none (NaN) for a single seed, whose 0 would read as a measured spread."""
+    return std if n > 1 else math.nan
 
 
 def comparison_cell(dense: Sequence[float], sparse: Sequence[float], digits: int = 1, latex: bool = False) -> str:
@@ -64,15 +73,15 @@ def comparison_cell(dense: Sequence[float], sparse: Sequence[float], digits: int
     """
     d_mean, d_std, d_n = mean_std(dense)
     s_mean, s_std, s_n = mean_std(sparse)
-    return _comparison_text(d_mean, d_std, s_mean, s_std, digits, latex)
+    return _comparison_text(d_mean, spread(d_std, d_n), s_mean, spread(s_std, s_n), digits, latex)
 
 
 def _comparison_text(d_mean, d_std, s_mean, s_std, digits=1, latex=False) -> str:
     if np.isfinite(d_mean) and np.isfinite(s_mean):  # compare what is shown: equal when rounded = no marker
         d_mean, s_mean = (float(f"{d_mean:.{digits}f}"), float(f"{s_mean:.{digits}f}"))
     if latex:
-        d = MISSING if not np.isfinite(d_mean) else f"${d_mean:.{digits}f} \\pm {d_std:.{digits}f}$"
-        s = MISSING if not np.isfinite(s_mean) else f"${s_mean:.{digits}f} \\pm {s_std:.{digits}f}$"
+        d, s = (format_mean_std(m, sd, digits) for m, sd in ((d_mean, d_std), (s_mean, s_std)))
+        d, s = (x if x == MISSING else "$" + x.replace("±", "\\pm") + "$" for x in (d, s))
         if np.isfinite(d_mean) and np.isfinite(s_mean) and s_mean != d_mean:
             s = f"\\textcolor{{{'blue' if s_mean > d_mean else 'red'}}}{{{s}}}"
         return f"{d} $\\rightarrow$ {s}"
@@ -168,8 +177,9 @@ def comparison_tables(
                             args = (*e["dense"], *e["sparse"], digits)
                             md_p.append("*" + _comparison_text(*args).replace("**", "") + "*")
                             tex_p.append("{\\color{gray}" + _comparison_text(*args, latex=True) + "}")
-                        md_rows.append(["", f"*paper {algo_name(algo)}*", *md_p])
-                        tex_rows.append(["", f"\\textit{{paper {_latex_escape(algo_name(algo))}}}", *tex_p])
+                        paper_name = algo_name(PAPER_ALGO.get(algo, algo))  # the paper ran its own code
+                        md_rows.append(["", f"*paper {paper_name}*", *md_p])
+                        tex_rows.append(["", f"\\textit{{paper {_latex_escape(paper_name)}}}", *tex_p])
         if not md_rows:
             continue
         what = {"final_return": "final return", "late_score": "normalised score over the last 20\\% of training"}.get(
@@ -251,8 +261,8 @@ def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str,
                 continue
 
             def stat(name: str) -> str:
-                mean, std, _ = mean_std(m[name] for m in summaries)
-                return f"{mean:.4f} ± {std:.4f}"
+                mean, std, n = mean_std(m[name] for m in summaries)
+                return format_mean_std(mean, spread(std, n), 4)
 
             rows.append([count_label(size), algo_name(algo), family_name(family), variant,
                          stat("final_train_mse"), stat("final_validation_mse"), stat("lowest_validation_mse"),
