@@ -60,3 +60,23 @@ def test_run_all_refuses_mismatched_flags_and_unknown_backends(tmp_path):
         run_all(jobs, [False, False], lambda i, error: None)
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         run_all(jobs, [False], lambda i, error: None, backend="slurm")
+
+
+def test_a_job_finished_meanwhile_by_another_sweep_is_not_trained_again(tmp_path):
+    """Sweeps decide skip/resume/run when they start; a run that another sweep finished since then
+    must not be trained afresh over the finished one."""
+    import json
+
+    from sparse_reg.training.config import RunConfig
+    from sparse_reg.training.parallel import Job, run_one
+
+    config = RunConfig(algo="bc", dataset=str(tmp_path / "no-such-data.npz"), env="Hopper-v5", steps=10)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({**config.to_dict(), "data": {"name": "x"}}))
+    (out / "summary.json").write_text("{}")
+    assert run_one(Job(config, out), resume=False) is None  # skipped: training would fail on the missing data
+    assert (out / "summary.json").read_text() == "{}"
+    other = RunConfig(algo="bc", dataset=str(tmp_path / "no-such-data.npz"), env="Hopper-v5", steps=20)
+    error = run_one(Job(other, out), resume=False)  # another config in that directory: trained as asked
+    assert error is not None and "no-such-data" in error

@@ -39,6 +39,7 @@ import jax
 from ..data.dataset import Dataset
 from .checkpoint import checkpoint_step
 from .config import RunConfig
+from .run_directory import CONFIG_FILE, is_finished
 
 Mode = Literal["auto", "vmap", "processes", "sequential"]
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -106,12 +107,28 @@ def _run_pinned(job: Job, cores: Sequence[int] | None, dataset: Dataset | None, 
 
 def run_one(job: Job, resume: bool, cores: Sequence[int] | None = None) -> str | None:
     """Train one job (in a worker, pinned to ``cores`` if given; a resumed job continues from its
-    checkpoint, any other starts afresh): None when it finished, its traceback when it failed."""
+    checkpoint, any other starts afresh): None when it finished, its traceback when it failed.
+
+    A job whose run another process finished since the sweep looked (two sweeps sharing a runs
+    directory) is not trained again.
+    """
+    if finished_as_configured(job):
+        return None
     try:
         _run_pinned(job, cores, None, resume, not resume)
     except Exception:  # noqa: BLE001 - any error of a job is that job's failure, reported to the caller
         return traceback.format_exc()
     return None
+
+
+def finished_as_configured(job: Job) -> bool:
+    """Whether ``job.out`` holds a finished run of exactly ``job.config``."""
+    if not is_finished(job.out) or not (job.out / CONFIG_FILE).is_file():
+        return False
+    try:
+        return RunConfig.load(job.out / CONFIG_FILE).identity() == job.config.identity()
+    except (ValueError, TypeError, OSError):  # an unreadable or older config: train as asked
+        return False
 
 
 # ----------------------------------------------------------------------------- one queue, three ways to run it
