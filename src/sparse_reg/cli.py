@@ -61,7 +61,7 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
-# How a RunConfig field is typed on the command line, where its annotation alone does not say.
+# Options whose flag is not the field's name.
 CLI_NAMES = {"algo_options": "--set"}
 
 
@@ -83,7 +83,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
             kwargs.update(type=_int, nargs="+", default=list(default))
         elif f.name in COUNT_FIELDS:
             kwargs.update(type=_int, default=default)
-        elif f.name == "seed" or isinstance(default, int):
+        elif isinstance(default, int):  # bools were handled above
             kwargs.update(type=int, default=default)
         elif isinstance(default, float):
             kwargs.update(type=float, default=default)

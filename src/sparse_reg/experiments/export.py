@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..training.logging import MASKS_FILE, METRICS_FILE
-from ..training.trainer import CONFIG_FILE, SUMMARY_FILE
+from ..training.run_directory import CONFIG_FILE, SUMMARY_FILE
 from .sweep import SWEEP_FILE, TAGS_FILE
 
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, MASKS_FILE, TAGS_FILE)

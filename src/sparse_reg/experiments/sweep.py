@@ -383,7 +383,7 @@ def run_state(run: SweepRun) -> tuple[str, str]:
     finished, checkpoint = (out / SUMMARY_FILE).exists(), (out / CHECKPOINT_FILE).exists()
     if finished or checkpoint:
         try:
-            existing = RunConfig.load(out / CONFIG_FILE).identity()
+            existing = RunConfig.of_run(out).identity()
         except (OSError, ValueError, TypeError) as error:
             return CONFLICT, f"{out} holds a run whose {CONFIG_FILE} cannot be read ({error})"
         wanted = run.job.config.identity()  # e.g. a dense run is the same run whatever its mask schedule

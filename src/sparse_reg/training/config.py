@@ -14,6 +14,7 @@ from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparsity import SparseRegConfig, resolve_sparsity
+from .run_directory import CONFIG_FILE
 
 SUBSAMPLE_MODES = ("trajectories", "first")
 # Whole numbers, also given as counts ("10k", "1M") from a TOML file or the Python API.
@@ -148,6 +149,11 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
         return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def of_run(cls, directory: str | Path) -> "RunConfig":
+        """The config a run directory records (OSError, ValueError or TypeError if it cannot be read)."""
+        return cls.load(Path(directory) / CONFIG_FILE)
 
 
 def _whole_number(name: str, value, counts: bool = True) -> int:

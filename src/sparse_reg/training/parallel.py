@@ -39,7 +39,7 @@ import jax
 from ..data.dataset import Dataset
 from .checkpoint import checkpoint_step
 from .config import RunConfig
-from .run_directory import CONFIG_FILE, is_finished
+from .run_directory import is_finished
 
 Mode = Literal["auto", "vmap", "processes", "sequential"]
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -123,11 +123,11 @@ def run_one(job: Job, resume: bool, cores: Sequence[int] | None = None) -> str |
 
 def finished_as_configured(job: Job) -> bool:
     """Whether ``job.out`` holds a finished run of exactly ``job.config``."""
-    if not is_finished(job.out) or not (job.out / CONFIG_FILE).is_file():
+    if not is_finished(job.out):
         return False
     try:
-        return RunConfig.load(job.out / CONFIG_FILE).identity() == job.config.identity()
-    except (ValueError, TypeError, OSError):  # an unreadable or older config: train as asked
+        return RunConfig.of_run(job.out).identity() == job.config.identity()
+    except (ValueError, TypeError, OSError):  # a missing, unreadable or older config: train as asked
         return False
 
 

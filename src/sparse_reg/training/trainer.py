@@ -309,7 +309,7 @@ def start_runs(
     for out in outs:
         check_run_directory(out, resume, overwrite)
     if resume:
-        configs = [RunConfig.load(o / CONFIG_FILE) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
+        configs = [RunConfig.of_run(o) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
     configs = [recorded_config(c, dataset) for c in configs]
     shared = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
     if any({k: v for k, v in c.to_dict().items() if k != "seed"} != shared for c in configs):
@@ -337,33 +337,29 @@ def start_runs(
             f"environment {lead.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
         )
     states = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
-    step, locks = 0, []
+    group = StartedGroup(runs, sparse, evaluator, states, step=0)
     try:
         # Locked before anything in them changes: two processes never train (or empty) one directory.
         for r in runs:
-            locks.append(lock_run(r.out))
+            group.locks.append(lock_run(r.out))
         if resume:
             steps = {c.step for c in checkpoints}
             if len(steps) > 1:
                 raise ValueError(f"the runs' checkpoints are at different steps {sorted(steps)}: resume them one by one")
-            step = steps.pop()
-            if not 0 < step <= config.steps:
-                raise CheckpointError(f"checkpoint step {step} is outside this run's 1..{config.steps} steps")
-            states = [restore_train_state(c, template, r.out) for c, r, template in zip(checkpoints, runs, states)]
-        else:
-            for r in runs:
+            group.step = steps.pop()
+            if not 0 < group.step <= config.steps:
+                raise CheckpointError(f"checkpoint step {group.step} is outside this run's 1..{config.steps} steps")
+            group.states = [restore_train_state(c, t, r.out) for c, r, t in zip(checkpoints, runs, states)]
+        for r in runs:
+            record = {**r.config.to_dict(), "data": r.data.identity}
+            if not resume:
                 prepare_run_directory(r.out, resume, overwrite)
-                record = {**r.config.to_dict(), "data": r.data.identity}
                 (r.out / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+            r.logger = RunLogger(r.out, resume_step=group.step if resume else None, config=record)
     except BaseException:
-        evaluator.close()
-        for lock in locks:
-            lock.close()
+        group.release()
         raise
-    for r in runs:
-        r.logger = RunLogger(r.out, resume_step=step if resume else None,
-                             config={**r.config.to_dict(), "data": r.data.identity})
-    return StartedGroup(runs, sparse, evaluator, states, step, locks)
+    return group
 
 
 def train_group(
@@ -627,7 +623,7 @@ def load_agent(path: str | Path) -> Agent:
     directory = run_directory_of(path)
     if not (directory / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{path} is not a run directory (missing {CONFIG_FILE})")
-    config = RunConfig.load(directory / CONFIG_FILE)
+    config = RunConfig.of_run(directory)
     checkpoint = read_checkpoint(directory)
     info = checkpoint.info
     template = initial_state(config, info["obs_dim"], info["action_dim"], info["sparse"])
