@@ -591,3 +591,11 @@ def test_refresh_reports_each_networks_loss_with_the_old_and_the_new_mask():
         assert float(stats[name]["total"]["loss_after"]) == pytest.approx(after, rel=1e-6), name
         assert before != pytest.approx(after), name  # 90% -> 50% sparse changes the function
         assert set(stats[name]["total"]) == {"sparsity", "changed", "loss_before", "loss_after"}
+
+
+@pytest.mark.parametrize("interval, until, last", [(5000, 200_000, 195_000), (5000, 6000, 5000), (5000, 5000, 0),
+                                                   (5000, 60_000, 55_000), (5000, 0, 0), (200, 400, 200)])
+def test_last_refresh_is_the_last_step_refresh_due_holds(interval, until, last):
+    config = SparseRegConfig(0.9, interval, until)
+    assert config.last_refresh == last
+    assert max(s for s in range(0, until + 2 * interval, 100) if config.refresh_due(s)) == last

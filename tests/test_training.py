@@ -95,29 +95,6 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, hopper_random):
-    config = small_config(algo="td3bc", sparsity=0.95)
-    train(config, tmp_path / "full", dataset=hopper_random, progress=False)
-
-    def stop_at_400(row):
-        if row["step"] == 400:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_400)
-    assert checkpoint_step(tmp_path / "cut") == 400
-    train(config, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
-
-    def comparable(rows):
-        return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
-
-    full, cut = (read_rows(tmp_path / d / "metrics.csv") for d in ("full", "cut"))
-    assert [r["step"] for r in cut] == [200, 400, 600]
-    assert comparable(full) == comparable(cut)
-    assert read_rows(tmp_path / "full" / "masks.csv") == read_rows(tmp_path / "cut" / "masks.csv")
-    assert trees_equal(load_agent(tmp_path / "full").state, load_agent(tmp_path / "cut").state)
-
-
 def test_saved_agent_reproduces_its_last_evaluation(tmp_path, hopper_random):
     summary = train(small_config(algo="bc", sparsity=0.5, steps=200), tmp_path / "run", dataset=hopper_random,
                     progress=False)
@@ -329,3 +306,58 @@ def test_progress_bar_moves_within_a_chunk_and_says_what_it_does(tmp_path, hoppe
     statuses = [text for kind, text in events if kind == "status"]
     assert statuses[0] == "refreshing masks" and statuses.count("refreshing masks") == 2  # steps 0 and 100
     assert any(text.startswith("evaluating 2 episodes") for text in statuses)
+
+
+def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, hopper_random):
+    """Also: the frozen phase on kept weights (sparse_layout) matches the masked layout; mask_until=400,
+    interval 200: the last refresh is at 200, so the chunks from 200 on run on kept weights."""
+    kept = small_config(algo="td3bc", sparsity=0.95, frozen_layout="kept-values")
+    masked = small_config(algo="td3bc", sparsity=0.95, frozen_layout="masked")
+    assert kept.identity() == masked.identity()  # the layout changes speed, not the run
+    fast = train(kept, tmp_path / "kept", dataset=hopper_random, progress=False)
+    slow = train(masked, tmp_path / "masked", dataset=hopper_random, progress=False)
+    assert fast["frozen_phase"]["from_step"] == 200
+    assert fast["frozen_phase"]["kept_values_networks"]  # at least one network has a layer kept <= 5%
+    assert slow["frozen_phase"] == {"from_step": 200, "kept_values_networks": []}
+    rows_fast, rows_slow = (read_rows(tmp_path / d / "metrics.csv") for d in ("kept", "masked"))
+    assert rows_fast[0] == {**rows_slow[0], "wall_s": rows_fast[0]["wall_s"]}  # before the switch: identical
+    for a, b in zip(rows_fast[1:], rows_slow[1:]):
+        for key in ("critic_loss", "actor_loss", "train_mse", "validation_mse"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3), key
+    # Checkpoints hold the masked layout either way: same tree, pruned weights untouched.
+    state_fast, state_slow = load_agent(tmp_path / "kept").state, load_agent(tmp_path / "masked").state
+    for name in ("actor", "critic"):
+        net_fast, net_slow = getattr(state_fast, name), getattr(state_slow, name)
+        assert jax.tree_util.tree_structure(net_fast.params) == jax.tree_util.tree_structure(net_slow.params)
+        for p, q, m in zip(*(jax.tree_util.tree_leaves(t) for t in (net_fast.params, net_slow.params, net_fast.mask))):
+            np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5)
+            assert np.array_equal(np.asarray(p)[np.asarray(m) == 0], np.asarray(q)[np.asarray(m) == 0])
+
+    def stop_at_400(row):
+        if row["step"] == 400:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(kept, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_400)
+    assert checkpoint_step(tmp_path / "cut") == 400
+    train(kept, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
+
+    def comparable(rows):
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+    rows_cut = read_rows(tmp_path / "cut" / "metrics.csv")
+    assert [r["step"] for r in rows_cut] == [200, 400, 600]
+    assert comparable(rows_cut) == comparable(rows_fast)
+    assert read_rows(tmp_path / "kept" / "masks.csv") == read_rows(tmp_path / "cut" / "masks.csv")
+    assert trees_equal(load_agent(tmp_path / "cut").state, state_fast)
+
+
+def test_frozen_layout_choice():
+    from sparse_reg.sparse_layout import uses_kept_values
+
+    assert uses_kept_values("auto", 1, "cpu") and not uses_kept_values("auto", 1, "gpu")
+    assert uses_kept_values("kept-values", 1, "gpu")
+    assert not uses_kept_values("kept-values", 3, "cpu")  # vmapped seeds: one layout per lane is not built
+    assert not uses_kept_values("masked", 1, "cpu")
+    with pytest.raises(ValueError, match="frozen_layout"):
+        small_config(frozen_layout="sparse")

@@ -76,6 +76,11 @@ class SparseRegConfig:
             return False
         return step == 0 or (step % self.interval == 0 and step < self.until)
 
+    @property
+    def last_refresh(self) -> int:
+        """The step of the last mask refresh; from there on the masks never change."""
+        return (self.until - 1) // self.interval * self.interval if self.until > 0 else 0
+
 
 def resolve_sparsity(value: str | float, train_size: int) -> float:
     """``"auto"`` -> 0.95 up to 25k training transitions, 0.75 above (the paper's rule)."""

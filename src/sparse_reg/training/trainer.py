@@ -30,6 +30,7 @@ from ..data.loaders import load_dataset
 from ..data.reference import resolve_reference
 from ..data.splits import split_train_validation
 from ..provenance import code_version, wall_seconds
+from ..sparse_layout import sparse_networks, state_to_dense, state_to_sparse, uses_kept_values
 from ..sparsity import SparseRegConfig, refresh_masks, weight_sparsity
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .compile_cache import enable_compilation_cache
@@ -387,7 +388,12 @@ def train_group(
 
 
 def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[dict], None] | None) -> list[dict]:
-    """Step started runs to the end: mask refreshes, chunks of updates, evaluations, summaries."""
+    """Step started runs to the end: mask refreshes, chunks of updates, evaluations, summaries.
+
+    Once the masks are final, chunks may run in the kept-values layout (``config.frozen_layout``):
+    the state is converted at the start of each such chunk and back at its end, so evaluations,
+    checkpoints and summaries only ever see the masked layout, and a resumed run repeats exactly
+    the conversions of an uninterrupted one."""
     runs, sparse, evaluator, step = group.runs, group.sparse, group.evaluator, group.step
     config = runs[0].config
     lanes = Lanes(len(runs))
@@ -404,6 +410,8 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
     # Chunks end at every evaluation and mask refresh, on absolute step numbers; each is run in
     # pieces of at most PROGRESS_PIECE updates so the progress bar moves every few seconds.
     chunk = math.gcd(config.eval_every, sparse.interval) if sparse.enabled and sparse.until > 0 else config.eval_every
+    kept_values = sparse.enabled and uses_kept_values(config.frozen_layout, lanes.size)
+    kept_networks: list[str] = []
 
     def act_all(observations: np.ndarray) -> np.ndarray:
         per_lane = observations.reshape(lanes.size, config.eval_episodes, -1) if lanes.size > 1 else observations
@@ -423,7 +431,11 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                 for i, r in enumerate(runs):
                     r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
             end = min(step + chunk - step % chunk, config.steps)
-            status = f"training to step {end:,}"
+            fast = kept_values and step >= sparse.last_refresh
+            if fast:
+                state = state_to_sparse(state, algorithm.losses)
+                kept_networks = sparse_networks(state, algorithm.losses)
+            status = f"training to step {end:,}" + (" on kept weights" if fast and kept_networks else "")
             bar.set_postfix_str(status if last_return is None else f"{status}, last return {last_return:.0f}")
             sums = []
             while step < end:
@@ -432,6 +444,8 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                 sums.append(piece)
                 step += length
                 bar.update(length)
+            if fast:
+                state = state_to_dense(state, algorithm.losses)
             if step % config.eval_every == 0 or step == config.steps:
                 bar.set_postfix_str(f"evaluating {config.eval_episodes * len(runs)} episodes")
                 returns = evaluator.run(act_all, [
@@ -453,6 +467,8 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
         summaries = []
         for i, r in enumerate(runs):
             summary = build_summary(r.config, r.data, lanes.index(state, i), algorithm, read_rows(r.out / METRICS_FILE))
+            if sparse.enabled:  # how the frozen phase ran: it changes speed, results only at rounding
+                summary["frozen_phase"] = {"from_step": sparse.last_refresh, "kept_values_networks": kept_networks}
             (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             summaries.append(summary)
     finally:
