@@ -14,6 +14,10 @@ from sparse_reg.training.trainer import chunk_means, initial_state, make_chunk_r
 OBS, ACT = 5, 2
 
 
+# Above the default limit, so that every network of these small (64-wide) nets converts and is tested.
+MAX_DENSITY = 0.05
+
+
 def _data(n=512):
     k = jax.random.split(jax.random.PRNGKey(3), 4)
     return Batch(jax.random.normal(k[0], (n, OBS)), jnp.tanh(jax.random.normal(k[1], (n, ACT))),
@@ -36,7 +40,7 @@ def _leaves_close(a, b, atol):
 
 def test_round_trip_is_exact():
     algorithm, state, _ = _masked_state("iql")
-    fast = state_to_sparse(state, algorithm.losses)
+    fast = state_to_sparse(state, algorithm.losses, MAX_DENSITY)
     assert sparse_networks(fast, algorithm.losses) == ["actor", "critic", "value"]
     back = state_to_dense(fast, algorithm.losses)
     for name in algorithm.losses:
@@ -47,7 +51,7 @@ def test_round_trip_is_exact():
 def test_kept_values_are_the_masks_ones():
     algorithm, state, _ = _masked_state("bc")
     net = state.actor
-    fast = to_sparse(net)
+    fast = to_sparse(net, MAX_DENSITY)
     kernel, mask = net.params["MLP_0"]["Dense_1"]["kernel"], net.mask["MLP_0"]["Dense_1"]["kernel"]
     values = fast.params["MLP_0"]["Dense_1"]["kernel"]
     assert values.shape == (int(mask.sum()),)  # one head: no padding
@@ -63,7 +67,7 @@ def test_kept_values_are_the_masks_ones():
 )
 def test_same_training_as_dense_masked(algo, run_options):
     algorithm, state, key = _masked_state(algo, **run_options)
-    fast = state_to_sparse(state, algorithm.losses)
+    fast = state_to_sparse(state, algorithm.losses, MAX_DENSITY)
     assert isinstance(fast.actor, SparseNet)
     run = make_chunk_runner(algorithm, 32)
     data = _data()

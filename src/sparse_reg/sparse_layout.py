@@ -41,9 +41,11 @@ from .networks import SPARSE_KERNELS, supports_sparse_kernels
 # median; sparse matmuls are unmeasured on accelerators, and vmapped seeds have different masks.
 FROZEN_LAYOUTS = ("auto", "kept-values", "masked")
 
-# The sparse matmul beats the dense masked one below ~5% kept entries at batch 256 (issue 16's
-# prototype; benchmarks/speed.py measures whole updates). Above it, the layer stays dense-masked.
-DEFAULT_MAX_DENSITY = 0.05
+# One 256x256 layer alone, batch 256: the sparse matmul wins below ~5% kept entries (issue 16's
+# prototype). Inside whole updates (benchmarks/speed.py, 2026-12-03) it paid at 3.2-3.6% (actors: IQL
+# 1.05x, BC 1.57x) and lost at 4.3-4.6% (IQL's value net 0.95x, twin critic 0.89x); above the
+# limit a layer stays dense-masked.
+DEFAULT_MAX_DENSITY = 0.04
 
 
 class SparseNet(MaskedNet):
