@@ -4,7 +4,7 @@
     python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
     python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
     python benchmarks/speed.py --only seeds    # just 5 seeds vs 1 seed (~5 min), to its own file
-    python benchmarks/speed.py --only frozen   # frozen-mask phase: sparse layout vs masked vs dense (~8 min)
+    python benchmarks/speed.py --only frozen   # frozen-mask phase: kept-values layout vs masked vs dense, per update and per whole run (~15 min)
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -403,6 +403,31 @@ def machine_description() -> dict:
     return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
+def frozen_layout_runs(dataset, work: Path, steps: int, rounds: int) -> dict:
+    """Whole sparse runs (refreshes, evaluations, checkpoints) with the frozen phase on kept weights
+    against the masked layout, run in turn: what the trainer's switch buys end to end. The masks
+    are final after 20% of the steps, as in the paper's protocol."""
+    out = {}
+    for algo in ("bc", "iql"):
+        walls = {"kept-values": [], "masked": []}
+        for _ in range(rounds):
+            for layout in walls:
+                config = RunConfig(algo=algo, dataset="bench", size=5_000, validation_size=5_000, sparsity=0.95,
+                                   steps=steps, eval_every=steps // 4, eval_episodes=2, mask_interval=steps // 10,
+                                   mask_until=steps // 5, frozen_layout=layout)
+                started = time.perf_counter()
+                summary = train(config, work / f"{algo}-{layout}", dataset=dataset, progress=False, overwrite=True)
+                walls[layout].append(time.perf_counter() - started)
+                if layout == "kept-values":
+                    networks = summary["frozen_phase"]["kept_values_networks"]
+        ratio = statistics.median(m / k for m, k in zip(walls["masked"], walls["kept-values"]))
+        out[algo] = {"steps": steps, "wall_s": {k: [round(t, 1) for t in v] for k, v in walls.items()},
+                     "kept_values_speedup_median": round(ratio, 3), "kept_values_networks": networks}
+        print(f"{algo:6s} whole run of {steps:,} steps: masked / kept-values wall time {ratio:.2f}x "
+              f"(kept: {', '.join(networks) or 'none'})", flush=True)
+    return out
+
+
 def _frozen_only(results: dict, args: argparse.Namespace, device: str) -> None:
     del results["updates_per_s"]
     steps, rounds = (50, 2) if args.quick else (300, 7)
@@ -414,6 +439,8 @@ def _frozen_only(results: dict, args: argparse.Namespace, device: str) -> None:
         print(f"{algo:6s} updates/s {row['updates_per_s']}, sparse layout / masked "
               f"{row['sparse_layout_vs_masked']['median']:.2f}x (median of {rounds} rounds)", flush=True)
     results["sparse_layer"] = sparse_layer_sweep(rounds)
+    with scratch(args.quick) as (dataset, work):
+        results["whole_runs"] = frozen_layout_runs(dataset, work, 400 if args.quick else 20_000, 1 if args.quick else 2)
     results["load_average_after"] = os.getloadavg()
     _write(results, args, device, suffix="-frozen")
 
