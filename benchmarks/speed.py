@@ -403,12 +403,12 @@ def machine_description() -> dict:
     return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def frozen_layout_runs(dataset, work: Path, steps: int, rounds: int) -> dict:
+def frozen_layout_runs(dataset, work: Path, steps: int, rounds: int, algos=("bc", "iql")) -> dict:
     """Whole sparse runs (refreshes, evaluations, checkpoints) with the frozen phase on kept weights
     against the masked layout, run in turn: what the trainer's switch buys end to end. The masks
     are final after 20% of the steps, as in the paper's protocol."""
     out = {}
-    for algo in ("bc", "iql"):
+    for algo in algos:
         walls = {"kept-values": [], "masked": []}
         for _ in range(rounds):
             for layout in walls:

@@ -36,16 +36,17 @@ from .masked_net import MaskedNet, PyTree, apply_mask
 from .networks import SPARSE_KERNELS, supports_sparse_kernels
 
 # How the frozen-mask phase is laid out: "kept-values" (this module), "masked" (dense θ ⊙ m), or
-# "auto": kept values on a CPU for a single run. On CPU the kept layout measured 1.57x (BC), 1.12x
-# (TD3+BC), 1.02x (AWAC), 1.00x (IQL) the masked rate (docs/performance.md), never slower at the
-# median; sparse matmuls are unmeasured on accelerators, and vmapped seeds have different masks.
+# "auto": kept values on a CPU for a single run. On CPU, updates on kept values measured 1.96x (BC),
+# 1.04x (TD3+BC), 1.03x (AWAC), 1.05x (IQL) the masked rate (docs/performance.md); sparse matmuls
+# are unmeasured on accelerators, and vmapped seeds have different masks (so different layouts).
 FROZEN_LAYOUTS = ("auto", "kept-values", "masked")
 
 # One 256x256 layer alone, batch 256: the sparse matmul wins below ~5% kept entries (issue 16's
-# prototype). Inside whole updates (benchmarks/speed.py, 2026-12-03) it paid at 3.2-3.6% (actors: IQL
-# 1.05x, BC 1.57x) and lost at 4.3-4.6% (IQL's value net 0.95x, twin critic 0.89x); above the
-# limit a layer stays dense-masked.
-DEFAULT_MAX_DENSITY = 0.04
+# prototype). Inside whole updates (benchmarks/speed.py, 2026-12-03) it paid for actors at 3.2-3.6%
+# (IQL 1.05x, BC 1.96x) and lost for IQL's value net (0.95x at 4.3%; a whole IQL run with its value
+# net converted at <= 4% was 0.96x) and twin critic (0.89x at 4.4%); above the limit a layer stays
+# dense-masked.
+DEFAULT_MAX_DENSITY = 0.035
 
 
 class SparseNet(MaskedNet):
