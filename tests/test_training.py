@@ -317,7 +317,7 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
     fast = train(kept, tmp_path / "kept", dataset=hopper_random, progress=False)
     slow = train(masked, tmp_path / "masked", dataset=hopper_random, progress=False)
     assert fast["frozen_phase"]["from_step"] == 200
-    assert fast["frozen_phase"]["kept_values_networks"]  # at least one network has a layer kept <= 5%
+    assert fast["frozen_phase"]["kept_values_networks"]  # at least one network has a layer kept <= DEFAULT_MAX_DENSITY
     assert slow["frozen_phase"] == {"from_step": 200, "kept_values_networks": []}
     rows_fast, rows_slow = (read_rows(tmp_path / d / "metrics.csv") for d in ("kept", "masked"))
     assert rows_fast[0] == {**rows_slow[0], "wall_s": rows_fast[0]["wall_s"]}  # before the switch: identical

@@ -43,8 +43,9 @@ FROZEN_LAYOUTS = ("auto", "kept-values", "masked")
 
 # One 256x256 layer alone, batch 256: the sparse matmul wins below ~5% kept entries (issue 16's
 # prototype). Inside whole updates (benchmarks/speed.py, 2026-12-03) it paid for actors at 3.2-3.6%
-# (IQL 1.05x, BC 1.96x) and lost for IQL's value net (0.95x at 4.3%; a whole IQL run with its value
-# net converted at <= 4% was 0.96x) and twin critic (0.89x at 4.4%); above the limit a layer stays
+# (IQL 1.05x, BC 1.96x, AWAC's 3.6% 1.03x) and lost for IQL's value net (0.95x at 4.3%; a whole IQL
+# run with its value net converted at <= 4% was 0.96x) and twin critic (0.89x at 4.4%). At 3.5%
+# the BC, TD3+BC and IQL actors convert, AWAC's barely misses; above the limit a layer stays
 # dense-masked.
 DEFAULT_MAX_DENSITY = 0.035
 

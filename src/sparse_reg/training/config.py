@@ -69,7 +69,7 @@ class RunConfig:
     algo_options: dict[str, Any] = _field({}, "overrides of the algorithm's own config, e.g. beta=3.0 for IQL")
     frozen_layout: str = _field(
         "auto", "how updates run once the masks are final (after the last refresh): 'kept-values' = on the kept "
-        "weights only, with sparse matmuls (CPU: BC 1.4x a whole run, IQL's updates 1.05x, docs/performance.md); 'masked' = dense "
+        "weights only, with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
         "matrices times masks; 'auto' = kept values on a CPU for one seed. Same results to float32 rounding; "
         "checkpoints are the same either way", choices=FROZEN_LAYOUTS)
 
