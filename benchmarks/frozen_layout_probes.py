@@ -2,6 +2,7 @@
 
     taskset -c 0 python benchmarks/frozen_layout_probes.py per-network iql   # one network converted at a time
     taskset -c 0 python benchmarks/frozen_layout_probes.py ell               # padded ELL vs BCOO, real SNIP masks
+    taskset -c 0 python benchmarks/frozen_layout_probes.py conversion        # state_to_sparse + state_to_dense time
 
 Both use IQL's real SNIP masks at 95% (synthetic HalfCheetah-shaped batch, as benchmarks/speed.py)
 and print ratios against the dense masked layout, median over interleaved rounds.
@@ -30,7 +31,7 @@ from speed import (  # noqa: E402
 )
 
 from sparse_reg.algorithms import ALGORITHMS  # noqa: E402
-from sparse_reg.sparse_layout import to_sparse  # noqa: E402
+from sparse_reg.sparse_layout import state_to_dense, state_to_sparse, to_sparse  # noqa: E402
 from sparse_reg.sparsity import SparseRegConfig  # noqa: E402
 from sparse_reg.training.config import RunConfig  # noqa: E402
 
@@ -151,10 +152,27 @@ def ell(batch: int = 256, length: int = 500, rounds: int = 5) -> None:
                       f"BCOO {ratio['bcoo']:.2f}x, ELL {ratio['ell']:.2f}x", flush=True)
 
 
+def conversion(max_density: float = 0.05) -> None:
+    """Seconds for one conversion pair of a whole train state (what the trainer does per frozen chunk);
+    the first pair includes compiling the eager gathers and scatters."""
+    import time
+
+    for algo in ("iql", "bc"):
+        algorithm, state, _, _ = masked_state(algo)
+        for _ in range(3):
+            started = time.perf_counter()
+            fast = jax.block_until_ready(state_to_sparse(state, algorithm.losses, max_density))
+            middle = time.perf_counter()
+            jax.block_until_ready(state_to_dense(fast, algorithm.losses))
+            print(f"{algo}: to_sparse {middle - started:.3f} s, to_dense {time.perf_counter() - middle:.3f} s", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["per-network"]:
         per_network(sys.argv[2] if len(sys.argv) > 2 else "iql")
     elif sys.argv[1:2] == ["ell"]:
         ell()
+    elif sys.argv[1:2] == ["conversion"]:
+        conversion()
     else:
         sys.exit(__doc__)
