@@ -47,5 +47,8 @@ def test_short_sparse_run_improves_return(tmp_path, hopper_expert, algo):
     before = untrained_return(config, hopper_expert)
     summary = train(config, tmp_path / algo, dataset=hopper_expert, progress=False)
     after = summary["final_return"]
+    assert summary["sparsity"] == {name: pytest.approx(0.95, abs=1e-3) for name in summary["sparsity"]}
+    assert set(summary["sparsity"]) == set(get_algorithm(algo).losses)  # every network is masked
+    assert np.isfinite(summary["eval_history"][-1]["validation_mse"])
     # Random actions score ~16 on Hopper-v5, an untrained policy ~10-200; the data's policy ~3200.
     assert after > max(3 * before, 300), (before, [r["return_mean"] for r in summary["eval_history"]])

@@ -57,7 +57,8 @@ def test_sparse_iql_run_writes_summary_logs_and_follows_mask_schedule(tmp_path, 
         assert key in summary
     assert summary["size"] == 1500 and summary["env"] == "Hopper-v5"
     last_wall = read_rows(tmp_path / "run" / "metrics.csv")[-1]["wall_s"]
-    assert summary["wall_seconds"] == pytest.approx(last_wall, abs=0.05) and last_wall > 0
+    # summary.json rounds to 0.1 s and metrics.csv to 0.01 s: 10.25 -> 10.2 differs by 0.05 plus float error.
+    assert summary["wall_seconds"] == pytest.approx(last_wall, abs=0.0501) and last_wall > 0
     assert summary["code_version"] and summary["finished_at"].endswith("+00:00")
     assert [row["step"] for row in summary["eval_history"]] == [200, 400, 600]
     for network, fraction in summary["sparsity"].items():
@@ -82,7 +83,9 @@ def test_dense_run_has_no_masks(tmp_path, hopper_random):
     assert not (tmp_path / "run" / "masks.csv").exists()
 
 
-@pytest.mark.parametrize("algo", ["bc", "td3bc", "awac", "awac-paper-code", "iql-paper-code"])
+# BC, TD3+BC and AWAC run sparse through the trainer in tests/test_learning.py (same checks, plus
+# learning); IQL in the mask-schedule test above. Only the paper-code variants are left to run here.
+@pytest.mark.parametrize("algo", ["awac-paper-code", "iql-paper-code"])
 def test_every_algorithm_runs_sparse_through_the_trainer(tmp_path, hopper_random, algo):
     summary = train(small_config(algo=algo, sparsity="auto", steps=200), tmp_path / "run", dataset=hopper_random,
                     progress=False)
@@ -165,14 +168,14 @@ def test_queue_runs_every_job_on_one_core_and_reports_failures_without_stopping(
         return Job(RunConfig.from_dict({**small_config(algo="bc", steps=100).to_dict(), "dataset": str(dataset)}),
                    tmp_path / name)
 
-    jobs = [job("a", hopper_random_npz), job("b", tmp_path / "missing.npz"), job("c", hopper_random_npz)]
+    jobs = [job("a", tmp_path / "missing.npz"), job("b", hopper_random_npz)]  # the failure first: the queue goes on
     results = []
-    run_queue(jobs, [False] * 3, lambda i, error: results.append((i, error)), cores=available_cores()[:1])
-    assert [i for i, _ in results] == [0, 1, 2]  # one core: one after another, in order
-    assert results[0][1] is None and results[2][1] is None and "missing.npz" in results[1][1]
-    assert (tmp_path / "a" / "summary.json").exists() and (tmp_path / "c" / "summary.json").exists()
-    with pytest.raises(ValueError, match="3 jobs but 2 resume flags"):
-        run_queue(jobs, [False] * 2, lambda i, error: None)
+    run_queue(jobs, [False] * 2, lambda i, error: results.append((i, error)), cores=available_cores()[:1])
+    assert [i for i, _ in results] == [0, 1]  # one core: one after another, in order
+    assert "missing.npz" in results[0][1] and results[1][1] is None
+    assert (tmp_path / "b" / "summary.json").exists() and not (tmp_path / "a" / "summary.json").exists()
+    with pytest.raises(ValueError, match="2 jobs but 1 resume flags"):
+        run_queue(jobs, [False], lambda i, error: None)
 
 
 def test_action_mse_in_padded_chunks_equals_the_plain_mean():
