@@ -280,6 +280,39 @@ def test_index_links_resolve_and_skips_are_reported(built):
         "0", "1", "2"}
 
 
+def test_runs_table_has_each_run_with_hand_computed_numbers(built):
+    _, out, index = built
+    md = (out / "tables" / "runs.md").read_text()
+    # IQL walker2d sparse seed 2: scores 15, 30, 45, 60 at 5k..20k; validation MSE 0.08 + 0.01 i; train 0.1 / (i + 1);
+    # the last 20% of 20k steps holds only the 20k evaluation; wall 60 s x (seed + 1).
+    assert ("| expert | IQL | 5k | Walker2d | sparse | 2 | 20k | 60.0 | 60.0 | 60.0 (20k) | 0.0800 (5k) → 0.1100 "
+            "| 0.0250 | 3 min | abc1234 |") in md
+    # dense runs have validation MSE 0.02 higher; the L1 runs record no wall time or commit
+    assert "| expert | IQL | 5k | Walker2d | dense | 0 | 20k | 60.0 | 60.0 | 60.0 (20k) | 0.1000 (5k) → 0.1300 | 0.0250 | 60 s |" in md
+    assert "| expert | BC | 5k | Hopper | l1 | 0 | 20k | 20.0 | 20.0 | 20.0 (20k) | 0.0800 (5k) → 0.1100 | 0.0250 | – | – |" in md
+    assert len([line for line in md.splitlines() if line.startswith("| expert |")]) == sum(map(len, FINAL.values())) + 1
+    with open(out / "tables" / "final_scores.csv") as f:
+        row = next(r for r in csv.DictReader(f) if (r["algo"], r["family"], r["variant"], r["seed"]) == (
+            "iql", "walker2d", "sparse", "2"))
+    assert float(row["late_normalized_score"]) == pytest.approx(60.0) and row["best_at"] == "20000"
+    assert float(row["lowest_validation_mse"]) == pytest.approx(0.08) and row["lowest_validation_at"] == "5000"
+    assert float(row["wall_seconds"]) == 180.0 and row["code_version"] == "abc1234567"
+    assert "(tables/runs.md)" in index.read_text()
+
+
+def test_best_score_is_the_first_highest_evaluation():
+    from sparse_reg.experiments.runs import Run
+    from sparse_reg.experiments.tables import best_score
+
+    def run(scores):
+        history = [{"step": 1000 * (i + 1), "normalized_score": s} for i, s in enumerate(scores)]
+        return Run(Path("r"), {}, {}, "bc", "hopper", "expert", 5000, 1000 * len(scores), 0, "dense", history, [])
+
+    assert best_score(run([10.0, 90.0, 40.0, 90.0])) == (90.0, 2000)  # a peak, then overfitting
+    assert best_score(run(["", 5.0])) == (5.0, 2000)  # an evaluation with no score is skipped
+    assert np.isnan(best_score(run([]))[0]) and best_score(run([]))[1] is None
+
+
 def test_cli_entry_on_a_sweep_with_nothing_finished(tmp_path, capsys):
     import argparse
 

@@ -14,7 +14,8 @@ variant) x seeds and writes ``out_dir/index.md`` with everything linked from it:
   evaluation of a few episodes swings a lot on small data).
 * ``tables/variants.{md,tex}``: one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``tables/iqm.{md,csv}``: IQM of final normalised scores with 95% stratified-bootstrap CIs.
-* ``tables/final_scores.csv``: one row per run (the numbers behind everything else).
+* ``tables/final_scores.csv`` and ``tables/runs.md``: one row per run (the numbers behind
+  everything else, plus late and best score, action MSE, wall time and commit).
 * ``figures/*.png``: learning curves (per task and aggregated over tasks), quantile bars of the
   final scores, IQM interval estimates, BC train/validation MSE, layer-wise mask sparsity and
   the fraction of each mask that changed at every refresh.
@@ -58,7 +59,7 @@ from .runs import (
     relative_path,
     variant_colors,
 )
-from .tables import iqm_estimates, iqm_table_item, markdown_table, mse_table_items, table_items
+from .tables import iqm_estimates, iqm_table_item, markdown_table, mse_table_items, runs_table_item, table_items
 
 INDEX_FILE = "index.md"
 
@@ -94,6 +95,7 @@ def write_report(
     estimates = iqm_estimates(runs, reps=reps, seed=seed)
     if estimates:
         items.append(iqm_table_item(estimates, out_dir / "tables", reps))
+    items.append(runs_table_item(runs, out_dir / "tables"))
     for group in figure_groups(runs):
         items += curve_items(group, cells, colors, out_dir / "figures")
         items += final_score_items(group, cells, colors, out_dir / "figures")
@@ -132,7 +134,7 @@ def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: li
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} from `{runs_dir}`: {len(runs)} finished run(s) in "
         f"{n_cells} cell(s) (data, algorithm, size, task, variant), {len(collection.skipped)} skipped. "
-        "Per-run numbers: [final_scores.csv](tables/final_scores.csv).",
+        "Per-run numbers: [runs.md](tables/runs.md), [final_scores.csv](tables/final_scores.csv).",
         "",
     ]
     compute = _compute_text(runs)

@@ -8,7 +8,8 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
 * ``variants`` (``.md``, ``.tex``): one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``action_mse.md``: final and lowest training / validation action MSE (BC by default).
 * ``iqm`` (``.md``, ``.csv``): IQM of final normalised scores with 95% stratified-bootstrap CIs.
-* ``final_scores.csv``: one row per run (the numbers behind everything else).
+* ``final_scores.csv`` and ``runs.md``: one row per run (the numbers behind everything else, plus
+  late and best score, action MSE, wall time and commit).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..provenance import format_duration
 from .items import Item
 from .runs import (
     ALGO_NAMES,
@@ -304,7 +306,6 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[
 
 def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict]) -> list[Item]:
     items = []
-    _write_final_scores(runs, directory / "final_scores.csv")
     for metric, name, what in (("final_score", "normalized_score", "final normalised score"),
                                ("final_return", "final_return", "final return"),
                                ("late_score", "late_normalized_score", "late normalised score")):
@@ -361,15 +362,77 @@ def mse_table_items(runs: Sequence[Run], directory: Path, algos: Sequence[str]) 
                  inline=md)]
 
 
-def _write_final_scores(runs: Sequence[Run], path: Path) -> None:
-    columns = ["section", "algo", "kind", "family", "size", "variant", "seed", "steps", "final_return",
-               "final_normalized_score", "path"]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in sorted(runs, key=lambda r: (r.section, r.algo, r.size or 0, r.family, r.variant, r.seed)):
-            writer.writerow([r.section, r.algo, r.kind, r.family, r.size, r.variant, r.seed, r.steps,
-                             r.final_return, r.final_score, str(r.path)])
+def best_score(run: Run) -> tuple[float, int | None]:
+    """A run's highest evaluated normalised score and the step of its first occurrence (NaN, None: none)."""
+    evaluations = [(as_float(h.get("step")), as_float(h.get("normalized_score"))) for h in run.history]
+    evaluations = [(step, score) for step, score in evaluations if np.isfinite(step) and np.isfinite(score)]
+    if not evaluations:
+        return math.nan, None
+    step, score = max(evaluations, key=lambda e: (e[1], -e[0]))
+    return score, int(step)
+
+
+def run_record(run: Run) -> dict[str, Any]:
+    """One run's numbers for ``final_scores.csv`` and ``runs.md``: scores (final, late, best), its
+    action MSE and what it cost (NaN / None where the run does not record it)."""
+    best, best_at = best_score(run)
+    mse = mse_summary(run) or {}
+    wall = run.summary.get("wall_seconds")
+    return {
+        "section": run.section, "algo": run.algo, "kind": run.kind, "family": run.family, "size": run.size,
+        "variant": run.variant, "seed": run.seed, "steps": run.steps, "final_return": run.final_return,
+        "final_normalized_score": run.final_score, "late_normalized_score": run.late_score,
+        "best_normalized_score": best, "best_at": best_at,
+        "final_train_mse": mse.get("final_train_mse", math.nan),
+        "final_validation_mse": mse.get("final_validation_mse", math.nan),
+        "lowest_validation_mse": mse.get("lowest_validation_mse", math.nan),
+        "lowest_validation_at": mse.get("lowest_at"),
+        "wall_seconds": math.nan if wall is None else float(wall), "code_version": run.summary.get("code_version"),
+        "path": str(run.path),
+    }
+
+
+def _run_order(run: Run) -> tuple:
+    return (run.section, algo_rank(run.algo), run.algo, run.size or 0, family_rank(run.family), run.family,
+            variant_rank(run.variant), run.variant, run.seed)
+
+
+def runs_markdown(runs: Sequence[Run]) -> str:
+    """One row per run: final, late and best normalised score, action MSE (lowest validation → final,
+    final training) and wall time; the same numbers as ``final_scores.csv``, rounded for reading."""
+    def number(value: float, digits: int) -> str:
+        return f"{value:.{digits}f}" if np.isfinite(value) else MISSING
+
+    rows = []
+    for run in sorted(runs, key=_run_order):
+        r = run_record(run)
+        best = MISSING if r["best_at"] is None else f"{r['best_normalized_score']:.1f} ({count_label(r['best_at'])})"
+        validation = (MISSING if r["lowest_validation_at"] is None else
+                      f"{r['lowest_validation_mse']:.4f} ({count_label(r['lowest_validation_at'])}) → "
+                      f"{r['final_validation_mse']:.4f}")
+        wall = format_duration(r["wall_seconds"]) if np.isfinite(r["wall_seconds"]) else MISSING
+        rows.append([r["section"], algo_name(r["algo"]), count_label(r["size"]) if r["size"] else MISSING,
+                     family_name(r["family"]), r["variant"], str(r["seed"]), count_label(r["steps"]),
+                     number(r["final_normalized_score"], 1), number(r["late_normalized_score"], 1), best,
+                     validation, number(r["final_train_mse"], 4), wall, (r["code_version"] or MISSING)[:7]])
+    return markdown_table(["Data", "Algorithm", "Size", "Task", "Variant", "Seed", "Steps", "final score",
+                           "late score", "best score (step)", "validation MSE: lowest (step) → final",
+                           "train MSE (final)", "wall", "commit"], rows)
+
+
+def runs_table_item(runs: Sequence[Run], directory: Path) -> Item:
+    """``final_scores.csv`` (every number, full precision) and ``runs.md`` (the same, to read)."""
+    records = [run_record(r) for r in sorted(runs, key=_run_order)]
+    with open(directory / "final_scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["section"])
+        writer.writeheader()
+        writer.writerows(records)
+    (directory / "runs.md").write_text(f"# Every run\n\n{runs_markdown(runs)}\n")
+    return Item("Tables", directory / "runs.md",
+                "One row per run: final normalised score, late score (mean of the evaluations in the last 20% of "
+                "training), best evaluation and its step, validation action-MSE (lowest, at its step, → final), "
+                "final training MSE, training wall time and commit. Every digit: "
+                "[final_scores.csv](tables/final_scores.csv).")
 
 
 def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
