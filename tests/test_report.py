@@ -300,6 +300,18 @@ def test_runs_table_has_each_run_with_hand_computed_numbers(built):
     assert "(tables/runs.md)" in index.read_text()
 
 
+def test_refresh_loss_table_means_the_seeds_at_each_refresh(built):
+    _, out, index = built
+    md = (out / "tables" / "refresh_losses.md").read_text()
+    # masks.csv of every sparse run: total-row losses 1.0 -> 1.2 at step 0, 1.0 -> 3.0 at 5k; IQL masks 3 networks
+    iql = md.split("### expert, IQL, 5k, Hopper, sparse (seeds 0, 1, 2)\n")[1].split("###")[0]
+    assert "| refresh at step | actor: loss before → after | critic: loss before → after | value: loss before → after |" in iql
+    assert "| 0 | 1 → 1.2 | 1 → 1.2 | 1 → 1.2 |" in iql and "| 5k | 1 → 3 | 1 → 3 | 1 → 3 |" in iql
+    bc = md.split("### expert, BC, 5k, Hopper, sparse (seeds 0, 1, 2)\n")[1].split("###")[0]
+    assert "| 5k | 1 → 3 |" in bc and "critic" not in bc
+    assert "dense" not in md and "(tables/refresh_losses.md)" in index.read_text()
+
+
 def test_best_score_is_the_first_highest_evaluation():
     from sparse_reg.experiments.runs import Run
     from sparse_reg.experiments.tables import best_score

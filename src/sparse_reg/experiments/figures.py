@@ -228,8 +228,9 @@ def mask_items(group: FigureGroup, directory: Path) -> list[Item]:
             title = f"{group.label}, {count_label(size)}, {v}"
             path = _plot_masks(members, directory / group.filename("masks", count_label(size), v), title)
             items.append(Item("Masks", path,
-                              f"{title}: fraction of each layer's weights that the mask prunes (top) and fraction of "
-                              f"the mask's entries that changed at each refresh (bottom), mean ± std over "
+                              f"{title}: fraction of each layer's weights that the mask prunes (top), fraction of "
+                              f"the mask's entries that changed at each refresh and, where recorded, each network's "
+                              f"loss just before and after each refresh (lower rows), mean ± std over "
                               f"{len(members)} runs ({len({r.family for r in members})} task(s) x seeds); 'total' is "
                               "the whole network; the first refresh (against the initial mask) is left out of "
                               "'changed' (paper Figure 5a)."))

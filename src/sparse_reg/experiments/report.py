@@ -13,6 +13,7 @@ variant) x seeds and writes ``out_dir/index.md`` with everything linked from it:
   score over its evaluations in the last 20% of training (ours, not the paper's: one
   evaluation of a few episodes swings a lot on small data).
 * ``tables/variants.{md,tex}``: one column per variant (L1, dropout, SFI, ...) when there are any.
+* ``tables/refresh_losses.md``: each network's loss just before and after every mask refresh.
 * ``tables/iqm.{md,csv}``: IQM of final normalised scores with 95% stratified-bootstrap CIs.
 * ``tables/final_scores.csv`` and ``tables/runs.md``: one row per run (the numbers behind
   everything else, plus late and best score, action MSE, wall time and commit).
@@ -59,7 +60,15 @@ from .runs import (
     relative_path,
     variant_colors,
 )
-from .tables import iqm_estimates, iqm_table_item, markdown_table, mse_table_items, runs_table_item, table_items
+from .tables import (
+    iqm_estimates,
+    iqm_table_item,
+    markdown_table,
+    mse_table_items,
+    refresh_loss_item,
+    runs_table_item,
+    table_items,
+)
 
 INDEX_FILE = "index.md"
 
@@ -95,6 +104,7 @@ def write_report(
     estimates = iqm_estimates(runs, reps=reps, seed=seed)
     if estimates:
         items.append(iqm_table_item(estimates, out_dir / "tables", reps))
+    items += refresh_loss_item(runs, out_dir / "tables")
     items.append(runs_table_item(runs, out_dir / "tables"))
     for group in figure_groups(runs):
         items += curve_items(group, cells, colors, out_dir / "figures")

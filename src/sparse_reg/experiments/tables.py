@@ -7,6 +7,7 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
   normalised table has the paper's numbers for the same cell under each of our rows.
 * ``variants`` (``.md``, ``.tex``): one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``action_mse.md``: final and lowest training / validation action MSE (BC by default).
+* ``refresh_losses.md``: each network's loss just before and after every mask refresh.
 * ``iqm`` (``.md``, ``.csv``): IQM of final normalised scores with 95% stratified-bootstrap CIs.
 * ``final_scores.csv`` and ``runs.md``: one row per run (the numbers behind everything else, plus
   late and best score, action MSE, wall time and commit).
@@ -276,6 +277,42 @@ def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str,
     return out
 
 
+def refresh_loss_tables(runs: Sequence[Run]) -> dict[str, str]:
+    """Per sparse cell whose masks.csv records them: at each mask refresh, each network's loss on the
+    scoring batch with the previous mask → with the new one, mean over seeds (how much a refresh
+    disturbs a trained network; the first row is against the initial all-ones mask)."""
+    out = {}
+    cells = group_cells([r for r in runs if r.masks])
+    for key in sorted(cells, key=lambda k: (k[0], algo_rank(k[1]), k[1], k[2] or 0, family_rank(k[3]), k[3],
+                                            variant_rank(k[4]), k[4])):
+        members = cells[key]
+        by_step: dict[float, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        for run in members:
+            for row in run.masks:
+                if str(row.get("layer")) != "total":
+                    continue
+                for column in ("loss_before", "loss_after"):
+                    value = as_float(row.get(column))
+                    if np.isfinite(value):
+                        by_step[as_float(row["step"])][str(row["network"])][column].append(value)
+        networks = ordered({n for step in by_step.values() for n in step}, ("actor", "critic", "value"))
+        if not networks:
+            continue
+        rows = []
+        for step in sorted(by_step):
+            cells_text = []
+            for network in networks:
+                losses = by_step[step].get(network, {})
+                before, after = losses.get("loss_before", []), losses.get("loss_after", [])
+                cells_text.append(f"{np.mean(before):.3g} → {np.mean(after):.3g}" if before and after else MISSING)
+            rows.append([count_label(int(step)) if step else "0", *cells_text])
+        section, algo, size, family, variant = key
+        seeds = ", ".join(str(s) for s in sorted(r.seed for r in members))
+        title = f"{section}, {algo_name(algo)}, {count_label(size) if size else MISSING}, {family_name(family)}, {variant} (seeds {seeds})"
+        out[title] = markdown_table(["refresh at step", *[f"{n}: loss before → after" for n in networks]], rows)
+    return out
+
+
 def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
     """IQM of final normalised scores with stratified-bootstrap 95% CIs.
 
@@ -390,6 +427,19 @@ def run_record(run: Run) -> dict[str, Any]:
         "wall_seconds": math.nan if wall is None else float(wall), "code_version": run.summary.get("code_version"),
         "path": str(run.path),
     }
+
+
+def refresh_loss_item(runs: Sequence[Run], directory: Path) -> list[Item]:
+    tables = refresh_loss_tables(runs)
+    if not tables:
+        return []
+    md = "\n\n".join(f"### {title}\n\n{table}" for title, table in tables.items())
+    (directory / "refresh_losses.md").write_text(f"# Each network's loss just before and just after each mask refresh\n\n{md}\n")
+    return [Item("Tables", directory / "refresh_losses.md",
+                 "At every mask refresh of the sparse runs: each network's loss on the scoring batch with the mask it "
+                 "trained with → with the new mask (same weights), mean over seeds. A large jump means the refresh "
+                 "brought back frozen weights that no longer fit the trained ones; the first row is against the "
+                 "initial all-ones mask.")]
 
 
 def _run_order(run: Run) -> tuple:
