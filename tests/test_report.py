@@ -230,9 +230,14 @@ def test_variant_table_and_iqm_table(built):
     assert "custom" in variants  # the tags.json variant
     with open(out / "tables" / "iqm.csv") as f:
         rows = list(csv.DictReader(f))
-    iql_sparse = next(r for r in rows if r["algo"] == "iql" and r["variant"] == "sparse" and r["size"] == "5000")
+    iql_sparse, late = (next(r for r in rows if r["algo"] == "iql" and r["variant"] == "sparse" and r["size"] == "5000"
+                             and r["metric"] == metric) for metric in ("final_score", "late_score"))
     pooled = FINAL[("iql", "hopper", "sparse")] + FINAL[("iql", "walker2d", "sparse")]
     assert float(iql_sparse["iqm"]) == pytest.approx(iqm(pooled))
+    # the last 20% of 20k steps holds only the last evaluation here, so late = final score
+    assert float(late["iqm"]) == pytest.approx(iqm(pooled)) and late["n_scores"] == "6"
+    md = (out / "tables" / "iqm.md").read_text()
+    assert md.index("### expert: final normalised score") < md.index("### expert: late normalised score")
     assert float(iql_sparse["ci_low"]) <= float(iql_sparse["iqm"]) <= float(iql_sparse["ci_high"])
     assert int(iql_sparse["n_scores"]) == 6 and int(iql_sparse["n_tasks"]) == 2
 

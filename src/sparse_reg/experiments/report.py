@@ -14,7 +14,7 @@ variant) x seeds and writes ``out_dir/index.md`` with everything linked from it:
   evaluation of a few episodes swings a lot on small data).
 * ``tables/variants.{md,tex}``: one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``tables/refresh_losses.md``: each network's loss just before and after every mask refresh.
-* ``tables/iqm.{md,csv}``: IQM of final normalised scores with 95% stratified-bootstrap CIs.
+* ``tables/iqm.{md,csv}``: IQM of final and of late normalised scores with 95% stratified-bootstrap CIs.
 * ``tables/final_scores.csv`` and ``tables/runs.md``: one row per run (the numbers behind
   everything else, plus late and best score, action MSE, wall time and commit).
 * ``figures/*.png``: learning curves (per task and aggregated over tasks), quantile bars of the
@@ -102,8 +102,9 @@ def write_report(
     items = table_items(runs, out_dir / "tables", paper)
     items += mse_table_items(runs, out_dir / "tables", mse_algos)
     estimates = iqm_estimates(runs, reps=reps, seed=seed)
-    if estimates:
-        items.append(iqm_table_item(estimates, out_dir / "tables", reps))
+    late_estimates = iqm_estimates(runs, reps=reps, seed=seed, metric="late_score")
+    if estimates or late_estimates:
+        items.append(iqm_table_item(estimates + late_estimates, out_dir / "tables", reps))
     items += refresh_loss_item(runs, out_dir / "tables")
     items.append(runs_table_item(runs, out_dir / "tables"))
     for group in figure_groups(runs):

@@ -8,7 +8,7 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
 * ``variants`` (``.md``, ``.tex``): one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``action_mse.md``: final and lowest training / validation action MSE (BC by default).
 * ``refresh_losses.md``: each network's loss just before and after every mask refresh.
-* ``iqm`` (``.md``, ``.csv``): IQM of final normalised scores with 95% stratified-bootstrap CIs.
+* ``iqm`` (``.md``, ``.csv``): IQM of final and of late normalised scores with 95% stratified-bootstrap CIs.
 * ``final_scores.csv`` and ``runs.md``: one row per run (the numbers behind everything else, plus
   late and best score, action MSE, wall time and commit).
 """
@@ -313,8 +313,11 @@ def refresh_loss_tables(runs: Sequence[Run]) -> dict[str, str]:
     return out
 
 
-def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[dict]:
-    """IQM of final normalised scores with stratified-bootstrap 95% CIs.
+IQM_METRICS = {"final_score": "final normalised score", "late_score": "late normalised score"}
+
+
+def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: str = "final_score") -> list[dict]:
+    """IQM of each run's ``metric`` (final or late normalised score) with stratified-bootstrap 95% CIs.
 
     One estimate per (section, algo, size, variant), strata = tasks; plus size "all" with strata
     = (size, task) pairs when there are several sizes.
@@ -322,9 +325,10 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[
     groups: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     pooled: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if np.isfinite(run.final_score):
-            groups[(run.section, run.algo, run.size, run.variant)][(run.family,)].append(run.final_score)
-            pooled[(run.section, run.algo, run.variant)][(run.size, run.family)].append(run.final_score)
+        score = getattr(run, metric)
+        if np.isfinite(score):
+            groups[(run.section, run.algo, run.size, run.variant)][(run.family,)].append(score)
+            pooled[(run.section, run.algo, run.variant)][(run.size, run.family)].append(score)
     for (section, algo, variant), strata in pooled.items():
         if len({size for size, _ in strata}) > 1:  # an "all sizes" estimate only when it differs
             groups[(section, algo, "all", variant)] = strata
@@ -332,7 +336,7 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> list[
     for (section, algo, size, variant), strata in groups.items():
         point, lo, hi = stratified_bootstrap_ci(list(strata.values()), reps=reps, seed=seed)
         estimates.append({
-            "section": section, "algo": algo, "size": size, "variant": variant, "iqm": point, "ci_low": lo,
+            "metric": metric, "section": section, "algo": algo, "size": size, "variant": variant, "iqm": point, "ci_low": lo,
             "ci_high": hi, "n_scores": sum(len(v) for v in strata.values()), "n_tasks": len(strata),
         })
     return estimates
@@ -486,30 +490,39 @@ def runs_table_item(runs: Sequence[Run], directory: Path) -> Item:
 
 
 def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
+    """``iqm.md`` / ``iqm.csv``: one table per metric (final, then late score) and section."""
     with open(directory / "iqm.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(estimates[0]))
         writer.writeheader()
         writer.writerows(estimates)
     parts = []
-    for section in ordered({e["section"] for e in estimates}, KIND_ORDER):
-        mine = [e for e in estimates if e["section"] == section]
-        sizes = ordered_sizes([e["size"] for e in mine if e["size"] != "all"])
-        sizes += ["all"] if any(e["size"] == "all" for e in mine) else []
-        keys = sorted({(e["algo"], e["variant"]) for e in mine},
-                      key=lambda k: (algo_rank(k[0]), k[0], variant_rank(k[1]), k[1]))
-        lookup = {(e["algo"], e["variant"], e["size"]): e for e in mine}
-        rows = []
-        for algo, variant in keys:
-            row = [algo_name(algo), variant]
-            for size in sizes:
-                e = lookup.get((algo, variant, size))
-                row.append(MISSING if e is None else f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] (n={e['n_scores']})")
-            rows.append(row)
-        header = ["Algorithm", "Variant", *[count_label(s) if s != "all" else "all sizes" for s in sizes]]
-        parts.append(f"### {section}\n\n{markdown_table(header, rows)}")
+    for metric in ordered({e["metric"] for e in estimates}, tuple(IQM_METRICS)):
+        for section in ordered({e["section"] for e in estimates}, KIND_ORDER):
+            mine = [e for e in estimates if e["section"] == section and e["metric"] == metric]
+            if mine:
+                parts.append(f"### {section}: {IQM_METRICS[metric]}\n\n{_iqm_markdown(mine)}")
     md = "\n\n".join(parts)
-    (directory / "iqm.md").write_text(f"# IQM of final normalised scores, 95% stratified bootstrap CI\n\n{md}\n")
+    (directory / "iqm.md").write_text(f"# IQM of normalised scores, 95% stratified bootstrap CI\n\n{md}\n")
     return Item("Tables", directory / "iqm.md",
-                f"IQM [95% CI] of the final normalised scores over tasks and seeds (n = number of scores); "
-                f"stratified bootstrap with {reps} replicates, percentile interval. CSV: [iqm.csv](tables/iqm.csv).",
+                f"IQM [95% CI] over tasks and seeds (n = number of scores) of the final normalised scores and of the "
+                f"late scores (each run's mean over its last 20% of training); stratified bootstrap with {reps} "
+                f"replicates, percentile interval. CSV: [iqm.csv](tables/iqm.csv).",
                 inline=md)
+
+
+def _iqm_markdown(estimates: list[dict]) -> str:
+    """Rows algorithm x variant, a column per size (and all sizes pooled)."""
+    sizes = ordered_sizes([e["size"] for e in estimates if e["size"] != "all"])
+    sizes += ["all"] if any(e["size"] == "all" for e in estimates) else []
+    keys = sorted({(e["algo"], e["variant"]) for e in estimates},
+                  key=lambda k: (algo_rank(k[0]), k[0], variant_rank(k[1]), k[1]))
+    lookup = {(e["algo"], e["variant"], e["size"]): e for e in estimates}
+    rows = []
+    for algo, variant in keys:
+        row = [algo_name(algo), variant]
+        for size in sizes:
+            e = lookup.get((algo, variant, size))
+            row.append(MISSING if e is None else f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] (n={e['n_scores']})")
+        rows.append(row)
+    header = ["Algorithm", "Variant", *[count_label(s) if s != "all" else "all sizes" for s in sizes]]
+    return markdown_table(header, rows)
