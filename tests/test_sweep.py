@@ -329,3 +329,22 @@ def test_sizes_given_as_counts_in_toml_expand_to_whole_numbers(tmp_path):
     bad.write_text(path.read_text().replace('size = ["2k", 1500]', 'size = ["2q"]'))
     with pytest.raises((ExperimentError, ValueError), match="size"):
         expand(load_experiment(bad), "quick", tmp_path / "r2")
+
+
+def test_time_estimate_runs_each_run_on_one_core():
+    from types import SimpleNamespace
+
+    def run(algo, steps=30_000):
+        config = RunConfig(algo=algo, steps=steps, eval_every=3000, eval_episodes=5)
+        return SimpleNamespace(job=SimpleNamespace(config=config))
+
+    # IQL, one pinned core: 30 s start + 30k / 140 updates/s + 10 evaluations x (1 + 5 x 0.1) s
+    one = 30 + 30_000 / 140 + 10 * 1.5
+    assert sweep.run_seconds(run("iql").job.config) == pytest.approx(one)
+    assert sweep.run_seconds(run("iql-paper-code").job.config) == pytest.approx(one)  # its algorithm's speed
+    assert sweep.estimate_seconds([run("iql")]) == pytest.approx(one)  # one run cannot use both cores
+    assert sweep.estimate_seconds([run("iql")] * 3) == pytest.approx(2 * one)  # 2 on one core, 1 on the other
+    bc = 30 + 30_000 / 900 + 10 * 1.5
+    # longest first: one IQL run per core, then each BC run joins the less loaded core
+    assert sweep.estimate_seconds([run("bc"), run("iql"), run("bc"), run("iql")]) == pytest.approx(one + bc)
+    assert sweep.estimate_seconds([]) == 0.0

@@ -49,15 +49,16 @@ BUDGET_KEYS = {"steps", "seeds", "eval_every", "eval_episodes", "cuts", "base"}
 CELL_ID_PLAIN_AXES = ("algo", "dataset", "size", "env", "subsample")  # the value alone names them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# Time estimates for `sparse-reg experiments list`: updates per second of one process using both
-# cores of an idle 2-core CPU (measured for this project), the total gain of two pinned
-# processes over one (x1.16), and per-run costs measured under load on the same machine:
-# start-up + data + compilation ~15 s, one evaluation ~1 s + 0.08 s per episode (rollouts, train
-# and 200k-row validation MSE, checkpoint).
-CPU_UPDATES_PER_S = {"bc": 1200.0, "td3bc": 450.0, "awac": 450.0, "iql": 350.0}
-PINNED_TOTAL_GAIN = 1.16
-RUN_OVERHEAD_S = 15.0
-EVAL_BASE_S, EVAL_PER_EPISODE_S = 1.0, 0.08
+# Time estimates for `sparse-reg experiments list` and `--dry-run`, fitted to whole runs on this
+# project's 2-core CPU, each process pinned to one core with another sweep on the other core (the
+# fastest such run of each kind: IQL 30k steps 259 s and 300k steps 2241 s; AWAC (paper code) 30k
+# 254 s; TD3+BC 30k 162 s; BC 100k 158 s): updates/s of one pinned process, start-up + data +
+# compilation per run, and per evaluation a base cost plus a cost per episode. Paper-code variants
+# run at their algorithm's speed.
+PINNED_UPDATES_PER_S = {"bc": 900.0, "td3bc": 230.0, "awac": 145.0, "iql": 140.0}
+DEFAULT_UPDATES_PER_S = 140.0
+RUN_OVERHEAD_S = 30.0
+EVAL_BASE_S, EVAL_PER_EPISODE_S = 1.0, 0.1
 
 
 class ExperimentError(ValueError):
@@ -359,16 +360,22 @@ def _matches(value: Any, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(text, pattern) for text in {str(value), _format_value(value)})
 
 
+def run_seconds(config: RunConfig) -> float:
+    """Rough wall time of one run in a process pinned to one core (see PINNED_UPDATES_PER_S)."""
+    algo = config.algo.lower()
+    speed = PINNED_UPDATES_PER_S.get(algo) or PINNED_UPDATES_PER_S.get(algo.split("-")[0], DEFAULT_UPDATES_PER_S)
+    evaluations = math.ceil(config.steps / config.eval_every)
+    return RUN_OVERHEAD_S + config.steps / speed + evaluations * (EVAL_BASE_S + EVAL_PER_EPISODE_S * config.eval_episodes)
+
+
 def estimate_seconds(runs: Iterable[SweepRun], cores: int = 2) -> float:
-    """Rough wall time on an idle ``cores``-core CPU with one pinned process per core."""
-    per_core = PINNED_TOTAL_GAIN / 2  # each of two pinned processes, relative to one process on both cores
-    total = 0.0
-    for run in runs:
-        c = run.job.config
-        speed = CPU_UPDATES_PER_S.get(c.algo, 400.0) * per_core
-        evaluations = math.ceil(c.steps / c.eval_every)
-        total += RUN_OVERHEAD_S + c.steps / speed + evaluations * (EVAL_BASE_S + EVAL_PER_EPISODE_S * c.eval_episodes)
-    return total / max(cores, 1)
+    """Rough wall time on an idle ``cores``-core CPU with one pinned process per core: each run
+    goes to the core that frees first, longest runs first (so one run takes its own time, not a
+    share of the cores)."""
+    loads = [0.0] * max(cores, 1)
+    for seconds in sorted((run_seconds(run.job.config) for run in runs), reverse=True):
+        loads[loads.index(min(loads))] += seconds
+    return max(loads)
 
 
 # ----------------------------------------------------------------------------- run state
