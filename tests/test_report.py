@@ -238,6 +238,11 @@ def test_variant_table_and_iqm_table(built):
     assert float(late["iqm"]) == pytest.approx(iqm(pooled)) and late["n_scores"] == "6"
     md = (out / "tables" / "iqm.md").read_text()
     assert md.index("### expert: final normalised score") < md.index("### expert: late normalised score")
+    assert int(iql_sparse["min_scores_per_task"]) == 3  # 3 seeds in each task: no dagger
+    rows = {line.split("|")[2].strip(): line for line in md.split("### expert: late")[0].splitlines()
+            if line.startswith("| IQL |")}
+    assert "†" not in rows["sparse"] and rows["custom"].endswith("(n=1) † |")  # the one tagged run
+    assert "cannot resample it" in md
     assert float(iql_sparse["ci_low"]) <= float(iql_sparse["iqm"]) <= float(iql_sparse["ci_high"])
     assert int(iql_sparse["n_scores"]) == 6 and int(iql_sparse["n_tasks"]) == 2
 

@@ -338,6 +338,7 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: 
         estimates.append({
             "metric": metric, "section": section, "algo": algo, "size": size, "variant": variant, "iqm": point, "ci_low": lo,
             "ci_high": hi, "n_scores": sum(len(v) for v in strata.values()), "n_tasks": len(strata),
+            "min_scores_per_task": min(len(v) for v in strata.values()),
         })
     return estimates
 
@@ -501,6 +502,9 @@ def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
             mine = [e for e in estimates if e["section"] == section and e["metric"] == metric]
             if mine:
                 parts.append(f"### {section}: {IQM_METRICS[metric]}\n\n{_iqm_markdown(mine)}")
+    if any(e["min_scores_per_task"] < 2 for e in estimates):
+        parts.append("† some task has a single score here: the stratified bootstrap cannot resample it, so the "
+                     "interval is too narrow (run more seeds).")
     md = "\n\n".join(parts)
     (directory / "iqm.md").write_text(f"# IQM of normalised scores, 95% stratified bootstrap CI\n\n{md}\n")
     return Item("Tables", directory / "iqm.md",
@@ -522,7 +526,12 @@ def _iqm_markdown(estimates: list[dict]) -> str:
         row = [algo_name(algo), variant]
         for size in sizes:
             e = lookup.get((algo, variant, size))
-            row.append(MISSING if e is None else f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] (n={e['n_scores']})")
+            if e is None:
+                row.append(MISSING)
+                continue
+            # a task with one score is never resampled: the interval leaves its seed-to-seed spread out
+            mark = " †" if e["min_scores_per_task"] < 2 else ""
+            row.append(f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] (n={e['n_scores']}){mark}")
         rows.append(row)
     header = ["Algorithm", "Variant", *[count_label(s) if s != "all" else "all sizes" for s in sizes]]
     return markdown_table(header, rows)
