@@ -277,14 +277,20 @@ def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str,
     return out
 
 
+def _cell_order(cell: tuple) -> tuple:
+    """Sort key of a cell (section, algo, size, family, variant): sections, then algorithms, sizes,
+    tasks and variants in the report's order."""
+    section, algo, size, family, variant = cell
+    return (section, algo_rank(algo), algo, size or 0, family_rank(family), family, variant_rank(variant), variant)
+
+
 def refresh_loss_tables(runs: Sequence[Run]) -> dict[str, str]:
     """Per sparse cell whose masks.csv records them: at each mask refresh, each network's loss on the
     scoring batch with the previous mask → with the new one, mean over seeds (how much a refresh
     disturbs a trained network; the first row is against the initial all-ones mask)."""
     out = {}
     cells = group_cells([r for r in runs if r.masks])
-    for key in sorted(cells, key=lambda k: (k[0], algo_rank(k[1]), k[1], k[2] or 0, family_rank(k[3]), k[3],
-                                            variant_rank(k[4]), k[4])):
+    for key in sorted(cells, key=_cell_order):
         members = cells[key]
         by_step: dict[float, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for run in members:
@@ -346,6 +352,13 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: 
 # ----------------------------------------------------------------------------- table files
 
 
+def _write_sections(path: Path, title: str, sections: Mapping[str, str]) -> str:
+    """Write ``path`` as "# title" then one "### heading" per section; returns the sections' Markdown."""
+    md = "\n\n".join(f"### {heading}\n\n{table}" for heading, table in sections.items())
+    path.write_text(f"# {title}\n\n{md}\n")
+    return md
+
+
 def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict]) -> list[Item]:
     items = []
     for metric, name, what in (("final_score", "normalized_score", "final normalised score"),
@@ -354,9 +367,9 @@ def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict
         tables = comparison_tables(runs, metric, paper)
         if not tables:
             continue
-        md = "\n\n".join(f"### {section}\n\n{t['markdown']}" for section, t in tables.items())
+        md = _write_sections(directory / f"{name}.md", f"{what}: dense → Sparse-Reg",
+                             {section: t["markdown"] for section, t in tables.items()})
         tex = "% needs \\usepackage{booktabs,xcolor,graphicx}\n" + "\n\n".join(t["latex"] for t in tables.values())
-        (directory / f"{name}.md").write_text(f"# {what}: dense → Sparse-Reg\n\n{md}\n")
         (directory / f"{name}.tex").write_text(tex + "\n")
         paper_note = (
             " Rows in italics are the paper's numbers for the same cell (Tables 1 and 4: D4RL -v2 data, "
@@ -379,8 +392,8 @@ def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict
         ))
     variants = variant_tables(runs)
     if variants:
-        md = "\n\n".join(f"### {section}\n\n{t['markdown']}" for section, t in variants.items())
-        (directory / "variants.md").write_text(f"# Final normalised score per variant\n\n{md}\n")
+        md = _write_sections(directory / "variants.md", "Final normalised score per variant",
+                             {section: t["markdown"] for section, t in variants.items()})
         (directory / "variants.tex").write_text(
             "% needs \\usepackage{booktabs,graphicx}\n" + "\n\n".join(t["latex"] for t in variants.values()) + "\n"
         )
@@ -394,8 +407,7 @@ def mse_table_items(runs: Sequence[Run], directory: Path, algos: Sequence[str]) 
     tables = mse_tables(runs, algos)
     if not tables:
         return []
-    md = "\n\n".join(f"### {section}\n\n{table}" for section, table in tables.items())
-    (directory / "action_mse.md").write_text(f"# Action MSE: training vs validation\n\n{md}\n")
+    md = _write_sections(directory / "action_mse.md", "Action MSE: training vs validation", tables)
     return [Item("Tables", directory / "action_mse.md",
                  "MSE between the policy's and the dataset's actions on the training set and on held-out "
                  "validation episodes at the last evaluation, and the lowest validation MSE of the run, mean ± std "
@@ -438,8 +450,8 @@ def refresh_loss_item(runs: Sequence[Run], directory: Path) -> list[Item]:
     tables = refresh_loss_tables(runs)
     if not tables:
         return []
-    md = "\n\n".join(f"### {title}\n\n{table}" for title, table in tables.items())
-    (directory / "refresh_losses.md").write_text(f"# Each network's loss just before and just after each mask refresh\n\n{md}\n")
+    _write_sections(directory / "refresh_losses.md", "Each network's loss just before and just after each mask refresh",
+                    tables)
     return [Item("Tables", directory / "refresh_losses.md",
                  "At every mask refresh of the sparse runs: each network's loss on the scoring batch with the mask it "
                  "trained with → with the new mask (same weights), mean over seeds. A large jump means the refresh "
@@ -448,19 +460,17 @@ def refresh_loss_item(runs: Sequence[Run], directory: Path) -> list[Item]:
 
 
 def _run_order(run: Run) -> tuple:
-    return (run.section, algo_rank(run.algo), run.algo, run.size or 0, family_rank(run.family), run.family,
-            variant_rank(run.variant), run.variant, run.seed)
+    return (*_cell_order(run.cell), run.seed)
 
 
-def runs_markdown(runs: Sequence[Run]) -> str:
-    """One row per run: final, late and best normalised score, action MSE (lowest validation → final,
-    final training) and wall time; the same numbers as ``final_scores.csv``, rounded for reading."""
+def runs_markdown(records: Sequence[Mapping[str, Any]]) -> str:
+    """One row per :func:`run_record`: final, late and best normalised score, action MSE (lowest
+    validation → final, final training) and wall time; ``final_scores.csv``'s numbers, rounded for reading."""
     def number(value: float, digits: int) -> str:
         return f"{value:.{digits}f}" if np.isfinite(value) else MISSING
 
     rows = []
-    for run in sorted(runs, key=_run_order):
-        r = run_record(run)
+    for r in records:
         best = MISSING if r["best_at"] is None else f"{r['best_normalized_score']:.1f} ({count_label(r['best_at'])})"
         validation = (MISSING if r["lowest_validation_at"] is None else
                       f"{r['lowest_validation_mse']:.4f} ({count_label(r['lowest_validation_at'])}) → "
@@ -482,7 +492,7 @@ def runs_table_item(runs: Sequence[Run], directory: Path) -> Item:
         writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["section"])
         writer.writeheader()
         writer.writerows(records)
-    (directory / "runs.md").write_text(f"# Every run\n\n{runs_markdown(runs)}\n")
+    (directory / "runs.md").write_text(f"# Every run\n\n{runs_markdown(records)}\n")
     return Item("Tables", directory / "runs.md",
                 "One row per run: final normalised score, late score (mean of the evaluations in the last 20% of "
                 "training), best evaluation and its step, validation action-MSE (lowest, at its step, → final), "
