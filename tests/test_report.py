@@ -294,18 +294,20 @@ def test_runs_table_has_each_run_with_hand_computed_numbers(built):
     _, out, index = built
     md = (out / "tables" / "runs.md").read_text()
     # IQL walker2d sparse seed 2: scores 15, 30, 45, 60 at 5k..20k; validation MSE 0.08 + 0.01 i; train 0.1 / (i + 1);
-    # the last 20% of 20k steps holds only the 20k evaluation; wall 60 s x (seed + 1).
+    # the last 20% of 20k steps holds only the 20k evaluation; the score at the lowest validation MSE (5k) is 15;
+    # wall 60 s x (seed + 1).
     assert ("| expert | IQL | 5k | Walker2d | sparse | 2 | 20k | 60.0 | 60.0 | 60.0 (20k) | 0.0800 (5k) → 0.1100 "
-            "| 0.0250 | 3 min | abc1234 |") in md
+            "| 15.0 | 0.0250 | 3 min | abc1234 |") in md
     # dense runs have validation MSE 0.02 higher; the L1 runs record no wall time or commit
-    assert "| expert | IQL | 5k | Walker2d | dense | 0 | 20k | 60.0 | 60.0 | 60.0 (20k) | 0.1000 (5k) → 0.1300 | 0.0250 | 60 s |" in md
-    assert "| expert | BC | 5k | Hopper | l1 | 0 | 20k | 20.0 | 20.0 | 20.0 (20k) | 0.0800 (5k) → 0.1100 | 0.0250 | – | – |" in md
+    assert "| expert | IQL | 5k | Walker2d | dense | 0 | 20k | 60.0 | 60.0 | 60.0 (20k) | 0.1000 (5k) → 0.1300 | 15.0 | 0.0250 | 60 s |" in md
+    assert "| expert | BC | 5k | Hopper | l1 | 0 | 20k | 20.0 | 20.0 | 20.0 (20k) | 0.0800 (5k) → 0.1100 | 5.0 | 0.0250 | – | – |" in md
     assert len([line for line in md.splitlines() if line.startswith("| expert |")]) == sum(map(len, FINAL.values())) + 1
     with open(out / "tables" / "final_scores.csv") as f:
         row = next(r for r in csv.DictReader(f) if (r["algo"], r["family"], r["variant"], r["seed"]) == (
             "iql", "walker2d", "sparse", "2"))
     assert float(row["late_normalized_score"]) == pytest.approx(60.0) and row["best_at"] == "20000"
     assert float(row["lowest_validation_mse"]) == pytest.approx(0.08) and row["lowest_validation_at"] == "5000"
+    assert float(row["score_at_lowest_validation_mse"]) == pytest.approx(15.0)
     assert float(row["wall_seconds"]) == 180.0 and row["code_version"] == "abc1234567"
     assert "(tables/runs.md)" in index.read_text()
 
@@ -390,24 +392,31 @@ def test_action_mse_table_hand_values(built):
     from sparse_reg.experiments.runs import Run
     from sparse_reg.experiments.tables import mse_summary, mse_tables
 
-    def run(seed, validation):
+    def run(seed, validation, scores=()):
         history = [{"step": 5000 * (i + 1), "train_mse": 0.1 / (i + 1), "validation_mse": v}
                    for i, v in enumerate(validation)]
+        for row, score in zip(history, scores):
+            row["normalized_score"] = score
         return Run(path=Path(f"s{seed}"), summary={}, tags={}, algo="bc", family="hopper", kind="expert", size=5000,
                    steps=20_000, seed=seed, variant="dense", history=history, masks=[], section="expert")
 
-    a, b = run(0, [0.06, 0.05, 0.07, 0.09]), run(1, [0.04, 0.05, 0.06, 0.08])
+    a = run(0, [0.06, 0.05, 0.07, 0.09], scores=[20.0, 50.0, 40.0, 30.0])
+    b = run(1, [0.04, 0.05, 0.06, 0.08], scores=[10.0, 90.0, 90.0, 90.0])
     assert mse_summary(a) == {"final_train_mse": pytest.approx(0.025), "final_validation_mse": 0.09,
-                              "lowest_validation_mse": 0.05, "lowest_at": 10_000}
+                              "lowest_validation_mse": 0.05, "lowest_at": 10_000, "score_at_lowest": 50.0}
     assert mse_summary(run(2, [])) is None
+    assert np.isnan(mse_summary(run(3, [0.05, 0.04], scores=[70.0]))["score_at_lowest"])  # no evaluation there
     row = mse_tables([a, b])["expert"].splitlines()[2].split(" | ")
-    # final validation 0.09, 0.08: mean 0.085, std 0.005; lowest 0.05 at 10k and 0.04 at 5k
-    assert row[1:] == ["BC", "Hopper", "dense", "0.0250 ± 0.0000", "0.0850 ± 0.0050", "0.0450 ± 0.0050", "10k, 5k |"]
+    # final validation 0.09, 0.08: mean 0.085, std 0.005; lowest 0.05 at 10k and 0.04 at 5k, where the
+    # scores were 50 and 10: mean 30, std 20 (not the later 90s)
+    assert row[1:] == ["BC", "Hopper", "dense", "0.0250 ± 0.0000", "0.0850 ± 0.0050", "0.0450 ± 0.0050", "10k, 5k",
+                       "30.0 ± 20.0 |"]
     assert mse_tables([a, b], algos=("iql",)) == {}
     # the sweep fixture: BC rows only (mse_algos defaults to BC), linked from index.md
     _, out, index = built
     md = (out / "tables" / "action_mse.md").read_text()
-    assert "| 5k | BC | Hopper | sparse | 0.0250 ± 0.0000 | 0.1100 ± 0.0000 | 0.0800 ± 0.0000 | 5k, 5k, 5k |" in md
+    assert ("| 5k | BC | Hopper | sparse | 0.0250 ± 0.0000 | 0.1100 ± 0.0000 | 0.0800 ± 0.0000 | 5k, 5k, 5k "
+            "| 11.2 ± 2.0 |" in md)  # final 35, 45, 55: a quarter of each at 5k
     assert "IQL" not in md and "action_mse.md" in index.read_text()
 
 
