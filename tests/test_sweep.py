@@ -245,6 +245,27 @@ def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_
     assert [r.out for r in result.done] == [good] and (good / "summary.json").exists()
 
 
+def test_sweep_builds_project_datasets_first_quietly_without_progress(tmp_path, monkeypatch, capsys):
+    # With --no-progress (a log file) the dataset build prints one line, not progress bars; a
+    # dataset that cannot be built fails its runs before any worker starts.
+    from sparse_reg.data.dataset import DatasetError
+
+    calls = []
+
+    def make_fails(name, **kwargs):
+        calls.append((name, kwargs.get("progress")))
+        raise DatasetError("no shipped policy")
+
+    monkeypatch.setattr(registry, "make", make_fails)
+    monkeypatch.setattr(registry, "is_built", lambda path: False)
+    result = run_sweep(tiny_config(tmp_path, ["hopper-expert-v0"]), "quick", tmp_path / "runs", mode="sequential",
+                       progress=False)
+    assert calls == [("hopper-expert-v0", False)]
+    out = capsys.readouterr()
+    assert "building dataset hopper-expert-v0" in out.out and "transition/s" not in out.out + out.err
+    assert len(result.failed) == 1 and "cannot build dataset hopper-expert-v0: no shipped policy" in result.failed[0][1]
+
+
 def test_vmap_sweep_runs_a_failed_groups_runs_one_by_one(tmp_path, hopper_random_npz, monkeypatch):
     config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"], seeds=(0, 1))
     # On an accelerator each cell's seeds go to run_jobs as one vmapped group, whose first error

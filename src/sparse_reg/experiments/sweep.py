@@ -477,7 +477,7 @@ def run_sweep(
                   f"{_plural(len(b.seeds), 'seed')}): {_plural(len(states), 'run')}{_selected(runs, only)}, "
                   f"{len(result.skipped)} finished, "
                   f"{len(pending)} to run on {backend}", markup=False, highlight=False)
-    pending = _prepare_datasets(pending, result, experiment, console)
+    pending = _prepare_datasets(pending, result, experiment, console, progress)
 
     def record(run: SweepRun, error: str | None) -> None:
         _write_tags(run, experiment)
@@ -510,8 +510,10 @@ def run_sweep(
     return result
 
 
-def _prepare_datasets(pending: list[SweepRun], result: SweepResult, experiment: Experiment, console) -> list[SweepRun]:
-    """Build each project dataset the pending runs use, once, before any worker starts."""
+def _prepare_datasets(pending: list[SweepRun], result: SweepResult, experiment: Experiment, console,
+                      progress: bool = True) -> list[SweepRun]:
+    """Build each project dataset the pending runs use, once, before any worker starts. Without
+    ``progress`` (logs, CI) one line per dataset built replaces the progress bars."""
     from ..data import registry
     from ..data.dataset import DatasetError
 
@@ -519,7 +521,9 @@ def _prepare_datasets(pending: list[SweepRun], result: SweepResult, experiment: 
     broken: dict[str, str] = {}
     for name in names:
         try:
-            registry.make(name)
+            if not progress and not registry.is_built(registry.dataset_path(name)):
+                console.print(f"building dataset {name}", markup=False, highlight=False)
+            registry.make(name, progress=progress)
         except (DatasetError, OSError, ValueError) as error:
             broken[name] = f"cannot build dataset {name}: {error}"
             console.print(broken[name], style="red", markup=False)
