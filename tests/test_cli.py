@@ -263,3 +263,24 @@ def test_the_readme_python_snippet_runs_on_a_tiny_budget(tmp_path, hopper_random
     namespace = {}
     exec(compile(snippet, "README.md", "exec"), namespace)  # every name it uses is defined in it
     assert namespace["actions"].shape == (5, 3) and (tmp_path / "policy.jaxexport").is_file()
+
+
+def test_train_keeping_the_lowest_validation_mse_then_evaluate_and_export_that_agent(tmp_path, capsys,
+                                                                                     hopper_random_npz):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--algo", "bc", "--dataset", hopper_random_npz, "--env", "Hopper-v5",
+                                "--out", out, "--keep-lowest-validation-mse", *TINY, "--steps", "300")
+    assert code == 0, err
+    lowest = json.loads((out / "summary.json").read_text())["lowest_validation_mse"]
+    assert f"lowest validation MSE {lowest['validation_mse']:.4g} at step {lowest['step']:,}" in stdout
+    code, stdout, _ = run_cli(capsys, "evaluate", out, "--episodes", "1", "--json",
+                              "--checkpoint", "lowest-validation-mse")
+    assert code == 0 and json.loads(stdout)["step"] == lowest["step"]
+    code, stdout, _ = run_cli(capsys, "export-policy", out, "--out", tmp_path / "p.jaxexport",
+                              "--checkpoint", "lowest-validation-mse")
+    assert code == 0 and f"step {lowest['step']}" in stdout
+    plain = tmp_path / "plain"
+    assert run_cli(capsys, "train", "--algo", "bc", "--dataset", hopper_random_npz, "--out", plain, *TINY)[0] == 0
+    expect_error(capsys, "--keep-lowest-validation-mse", "evaluate", plain, "--checkpoint", "lowest-validation-mse")
+    expect_error(capsys, "validation_size > 0", "train", "--dataset", hopper_random_npz, "--out", tmp_path / "x",
+                 "--keep-lowest-validation-mse", *TINY, "--validation-size", "0")

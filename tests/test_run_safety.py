@@ -51,29 +51,77 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(np.array_equal(x, y) for x, y in leaves)
 
 
+def die_after_rename(monkeypatch, kill_after: int, prefixes=("checkpoint",)) -> list[str]:
+    """Make the ``kill_after``-th rename that puts a file named ``prefixes*`` in place the last act
+    of the process; returns the names renamed so far."""
+    real_replace, renames = os.replace, []
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name.startswith(prefixes):
+            renames.append(Path(dst).name)
+            if len(renames) == kill_after:
+                raise Killed
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    return renames
+
+
 @pytest.mark.parametrize("kill_after", [1, 2, 3])
 def test_a_kill_right_after_any_checkpoint_rename_resumes_exactly(tmp_path, hopper_random, uninterrupted,
                                                                     monkeypatch, kill_after):
     """Every rename that puts a checkpoint file in place is a possible last act of a killed process;
     whichever it is, --resume must continue from a consistent state and end where the uninterrupted
     run ended (with two files renamed one after the other, a kill between them did not)."""
-    real_replace, renames = os.replace, []
-
-    def replace_then_die(src, dst):
-        real_replace(src, dst)
-        if Path(dst).name.startswith("checkpoint"):
-            renames.append(Path(dst).name)
-            if len(renames) == kill_after:
-                raise Killed
-
-    monkeypatch.setattr(os, "replace", replace_then_die)
     out = tmp_path / "run"
-    with pytest.raises(Killed):
-        train(RunConfig(**RUN), out, dataset=hopper_random, progress=False)
-    monkeypatch.setattr(os, "replace", real_replace)
+    with monkeypatch.context() as patch:
+        die_after_rename(patch, kill_after)
+        with pytest.raises(Killed):
+            train(RunConfig(**RUN), out, dataset=hopper_random, progress=False)
     assert checkpoint_step(out) == 100 * kill_after  # one rename commits one whole checkpoint
     train(RunConfig(**RUN), out, dataset=hopper_random, progress=False, resume=True)
     assert_same_run(uninterrupted, out)
+
+
+# Validation MSE per evaluation, scripted so that the lowest-MSE checkpoint is written at 100 and 200
+# but not at 300: a resume that forgot the minimum before its checkpoint would write it at 300.
+SCRIPTED_MSE = {100: 2.0, 200: 1.0, 300: 1.5}
+KEEP_LOWEST = RunConfig(**RUN, keep_lowest_validation_mse=True)
+
+
+def script_validation_mse(monkeypatch):
+    from sparse_reg.training import trainer
+
+    real_row = trainer.evaluation_row
+    monkeypatch.setattr(trainer, "evaluation_row", lambda run, state, step, *args: {
+        **real_row(run, state, step, *args), "validation_mse": SCRIPTED_MSE[step]})
+
+
+# Renames of a run keeping its lowest-MSE checkpoint: lowest 100, latest 100, lowest 200, latest 200, latest 300.
+@pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
+def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validation_mse_one_right(
+        tmp_path, hopper_random, monkeypatch, kill_after):
+    script_validation_mse(monkeypatch)
+    full = tmp_path / "full"
+    train(KEEP_LOWEST, full, dataset=hopper_random, progress=False)
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        renames = die_after_rename(patch, kill_after, prefixes=("checkpoint", "lowest_validation_mse"))
+        with pytest.raises(Killed):
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False)
+    assert renames[-1] == ("lowest_validation_mse.msgpack" if kill_after % 2 else "checkpoint.msgpack")
+    if kill_after == 1:  # killed before its first checkpoint: nothing to resume, the run starts over
+        with pytest.raises(FileNotFoundError, match="cannot resume"):
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, overwrite=True)
+    else:
+        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+    assert_same_run(full, out)
+    kept = out / "lowest_validation_mse.msgpack"
+    assert kept.read_bytes() == (full / "lowest_validation_mse.msgpack").read_bytes()
+    assert read_checkpoint(out, kept.name).step == 200
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lowest_validation_mse"]["step"] == 200
 
 
 def dying_open(monkeypatch, modules, dies_on):

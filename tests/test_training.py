@@ -364,3 +364,73 @@ def test_frozen_layout_choice():
     assert not uses_kept_values("masked", 1, "cpu")
     with pytest.raises(ValueError, match="frozen_layout"):
         small_config(frozen_layout="sparse")
+
+
+# ----------------------------------------------------------------------------- the lowest-validation-MSE checkpoint
+
+# Validation MSEs scripted per evaluation step: the minimum (1.0) comes first at step 400 and again at 800.
+SCRIPTED_MSE = {200: 3.0, 400: 1.0, 600: 2.0, 800: 1.0, 1000: 4.0}
+
+
+def script_validation_mse(monkeypatch, script=SCRIPTED_MSE):
+    from sparse_reg.training import trainer
+
+    real_row = trainer.evaluation_row
+
+    def scripted_row(run, state, step, *args):
+        return {**real_row(run, state, step, *args), "validation_mse": script[step]}
+
+    monkeypatch.setattr(trainer, "evaluation_row", scripted_row)
+
+
+def test_the_lowest_validation_mse_checkpoint_is_the_first_evaluation_at_the_minimum(tmp_path, hopper_random,
+                                                                                       monkeypatch):
+    script_validation_mse(monkeypatch)
+    out, latest_at = tmp_path / "run", {}
+
+    def copy_latest(row):  # the latest checkpoint is written just before this is called
+        latest_at[row["step"]] = (out / "checkpoint.msgpack").read_bytes()
+
+    summary = train(small_config(algo="bc", sparsity=0.5, steps=1000, keep_lowest_validation_mse=True), out,
+                    dataset=hopper_random, progress=False, on_evaluation=copy_latest)
+    # 400, not 800: a tie does not replace it (that is the run's first stop at its lowest point).
+    assert (out / "lowest_validation_mse.msgpack").read_bytes() == latest_at[400]
+    assert summary["lowest_validation_mse"] == {
+        "checkpoint": "lowest_validation_mse.msgpack", "step": 400, "validation_mse": 1.0,
+        "return_mean": summary["eval_history"][1]["return_mean"],
+        "normalized_score": summary["eval_history"][1]["normalized_score"],
+    }
+    kept, latest = load_agent(out, checkpoint="lowest-validation-mse"), load_agent(out)
+    assert (kept.step, latest.step) == (400, 1000)
+    assert load_agent(out / "lowest_validation_mse.msgpack").step == 400
+    assert not trees_equal(kept.state.actor.params, latest.state.actor.params)
+
+
+def test_the_kept_agent_has_the_lowest_validation_mse_the_run_logged(tmp_path, hopper_random):
+    """Unscripted: the kept agent's action MSE on the validation episodes, computed here from its
+    actions, is the lowest validation_mse in metrics.csv."""
+    from sparse_reg.training.trainer import PreparedData
+
+    config = small_config(algo="bc", sparsity=0.0, steps=1000, keep_lowest_validation_mse=True)
+    train(config, tmp_path / "run", dataset=hopper_random, progress=False)
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    best = min(rows, key=lambda r: r["validation_mse"])
+    agent = load_agent(tmp_path / "run", checkpoint="lowest-validation-mse")
+    validation = PreparedData.from_config(config, hopper_random).validation
+    mse = float(np.mean((agent.act(validation.observations) - validation.actions) ** 2))
+    assert agent.step == best["step"]
+    assert mse == pytest.approx(best["validation_mse"], rel=1e-4)
+
+
+def test_keeping_the_lowest_validation_mse_needs_validation_data(tmp_path, hopper_random):
+    with pytest.raises(ValueError, match="validation_size > 0"):
+        small_config(validation_size=0, keep_lowest_validation_mse=True)
+    with pytest.raises(ValueError, match="no validation data is left"):  # 3000 transitions, all for training
+        train(small_config(size=3000, keep_lowest_validation_mse=True), tmp_path / "run", dataset=hopper_random,
+              progress=False)
+    assert not (tmp_path / "run").exists()
+    train(small_config(algo="bc", steps=200), tmp_path / "plain", dataset=hopper_random, progress=False)
+    with pytest.raises(FileNotFoundError, match="--keep-lowest-validation-mse"):
+        load_agent(tmp_path / "plain", checkpoint="lowest-validation-mse")
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        load_agent(tmp_path / "plain", checkpoint="best")

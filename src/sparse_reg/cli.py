@@ -122,7 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"final return {summary['final_return']:.1f}, normalised score {summary['final_normalized_score']:.1f}; "
         f"summary in {Path(args.out) / 'summary.json'}"
     )
+    if "lowest_validation_mse" in summary:
+        print(_lowest_line(summary["lowest_validation_mse"], Path(args.out)))
     return 0
+
+
+def _lowest_line(lowest: dict, out: Path) -> str:
+    return (f"lowest validation MSE {lowest['validation_mse']:.4g} at step {lowest['step']:,}: normalised score "
+            f"{lowest['normalized_score']:.1f} there; that agent is in {out / lowest['checkpoint']} "
+            "(--checkpoint lowest-validation-mse)")
 
 
 def _train_seeds(args: argparse.Namespace, config) -> int:
@@ -138,6 +146,8 @@ def _train_seeds(args: argparse.Namespace, config) -> int:
     for job, s in zip(jobs, summaries):
         print(f"seed {job.config.seed}: return {s['final_return']:.1f}, normalised score "
               f"{s['final_normalized_score']:.1f} ({job.out})")
+        if "lowest_validation_mse" in s:
+            print("  " + _lowest_line(s["lowest_validation_mse"], job.out))
     print(f"{config.algo} over {len(jobs)} seeds: return {np.mean(returns):.1f} ± {np.std(returns):.1f}, "
           f"normalised score {np.mean(scores):.1f} ± {np.std(scores):.1f}")
     return 0
@@ -146,7 +156,7 @@ def _train_seeds(args: argparse.Namespace, config) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training.trainer import load_agent
 
-    result = load_agent(args.path).evaluate(episodes=args.episodes, seed=args.seed)
+    result = load_agent(args.path, checkpoint=args.checkpoint).evaluate(episodes=args.episodes, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else
           f"step {result['step']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
           f"over {args.episodes} episodes, normalised score {result['normalized_score']:.1f}")
@@ -156,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export_policy(args: argparse.Namespace) -> int:
     from .training.trainer import load_agent
 
-    agent = load_agent(args.path)
+    agent = load_agent(args.path, checkpoint=args.checkpoint)
     data = agent.export_policy(args.out)
     print(f"policy of {args.path} (step {agent.step}, {agent.env_id}) -> {args.out} ({len(data):,} bytes); "
           "load it with jax.export.deserialize (see README, 'Policy export')")
@@ -243,6 +253,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_checkpoint_argument(parser) -> None:
+    parser.add_argument("--checkpoint", choices=["latest", "lowest-validation-mse"], default="latest",
+                        help="which of the run's agents: the last evaluation's, or the one of its lowest validation "
+                        "action MSE (runs trained with --keep-lowest-validation-mse)")
+
+
 def add_report_arguments(parser) -> None:
     """Arguments of ``sparse-reg report`` (argparse parser)."""
     parser.add_argument("runs_dir", help="directory searched (recursively) for run directories with summary.json")
@@ -282,12 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
     p.add_argument("--seed", type=int, default=0, help="environment seed of the first episode")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_checkpoint_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export-policy", help="write a saved agent's deterministic policy (normaliser included) "
                        "as a jax.export file that runs with jax and numpy only")
     p.add_argument("path", help="run directory or its checkpoint file")
     p.add_argument("--out", required=True, help="file to write, e.g. policy.jaxexport")
+    add_checkpoint_argument(p)
     p.set_defaults(func=cmd_export_policy)
 
     p = sub.add_parser("datasets", help="list or build the project's MuJoCo datasets")

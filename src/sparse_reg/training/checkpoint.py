@@ -5,7 +5,8 @@ One file, one commit point: the step, the facts and the state are serialised tog
 temporary file and renamed over the previous checkpoint, so a crash at any moment leaves either the
 old checkpoint or the new one, each complete and self-consistent. A SHA-256 checksum of the content
 is stored in front of it; a damaged file is refused with a :class:`CheckpointError` rather than
-resumed with garbage. Only the latest checkpoint is kept.
+resumed with garbage. The latest checkpoint is kept, and, where the run asks for it, the one of
+the lowest validation action MSE (another file name, the same format).
 
 File layout: ``MAGIC`` (16 bytes) + SHA-256 of the payload (32 bytes) + payload, where the payload
 is a Flax msgpack of ``{"step", "info" (JSON text), "state"}``.
@@ -46,7 +47,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint does not fit this run's train state ({error})") from None
 
 
-def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict) -> None:
+def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict, file: str = CHECKPOINT_FILE) -> None:
     """``train_state`` is any pytree (here: agent state, data key); ``info`` must be JSON-able."""
     info = {**info, "step": int(step)}
     payload = serialization.msgpack_serialize(
@@ -56,18 +57,19 @@ def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict) ->
             "state": serialization.to_state_dict(jax.device_get(train_state)),
         }
     )
-    atomic_write(directory / CHECKPOINT_FILE, MAGIC + hashlib.sha256(payload).digest() + payload)
-    # A run started by an older version also has a checkpoint.json; it is stale from now on.
-    (directory / LEGACY_CHECKPOINT_INFO).unlink(missing_ok=True)
+    atomic_write(directory / file, MAGIC + hashlib.sha256(payload).digest() + payload)
+    if file == CHECKPOINT_FILE:
+        # A run started by an older version also has a checkpoint.json; it is stale from now on.
+        (directory / LEGACY_CHECKPOINT_INFO).unlink(missing_ok=True)
 
 
-def read_checkpoint(directory: Path) -> Checkpoint:
-    """The checkpoint of run directory ``directory``, verified (checksum, step)."""
-    path = directory / CHECKPOINT_FILE
+def read_checkpoint(directory: Path, file: str = CHECKPOINT_FILE) -> Checkpoint:
+    """The checkpoint ``file`` of run directory ``directory``, verified (checksum, step)."""
+    path = directory / file
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {directory} (missing {CHECKPOINT_FILE})")
+        raise FileNotFoundError(f"no checkpoint in {directory} (missing {file})")
     raw = path.read_bytes()
-    if not raw.startswith(MAGIC):
+    if not raw.startswith(MAGIC) and file == CHECKPOINT_FILE:
         return _read_legacy(directory, raw)
     digest, payload = raw[len(MAGIC) : len(MAGIC) + _DIGEST_BYTES], raw[len(MAGIC) + _DIGEST_BYTES :]
     if hashlib.sha256(payload).digest() != digest:

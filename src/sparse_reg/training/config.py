@@ -56,6 +56,10 @@ class RunConfig:
     seed: int = _field(0, "training seed (data subset, initialisation, batches)")
     eval_every: int = _field(5_000, "steps between evaluations and checkpoints")
     eval_episodes: int = _field(10, "episodes per evaluation")
+    keep_lowest_validation_mse: bool = _field(
+        False, "also keep the checkpoint of the evaluation with the lowest validation action MSE "
+        "(lowest_validation_mse.msgpack; load it with --checkpoint lowest-validation-mse): early stopping's "
+        "agent without a second run")
     hidden_dims: tuple[int, ...] = _field((256, 256), "hidden layer widths")
     l1: float = _field(0.0, "L1 penalty coefficient on weights", variant="l1")
     dropout: float = _field(0.0, "dropout rate on hidden layers", variant="dropout")
@@ -102,6 +106,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.validation_size < 0 or self.mask_until < 0:
             raise ValueError("validation_size and mask_until must be >= 0")
+        if self.keep_lowest_validation_mse and self.validation_size == 0:
+            raise ValueError("keep_lowest_validation_mse needs validation data: set validation_size > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.l1 < 0 or self.weight_decay < 0:

@@ -4,6 +4,9 @@ A run directory holds::
 
     config.json          the RunConfig, plus what data it was trained on ("data")
     checkpoint.msgpack   the latest checkpoint: step, run facts and the whole train state, one file
+    lowest_validation_mse.msgpack
+                         with ``keep_lowest_validation_mse``: the checkpoint of the evaluation with the
+                         lowest validation action MSE so far (early stopping's pick), same format
     metrics.csv          one row per evaluation
     masks.csv            one row per (mask refresh, network, layer)
     tensorboard/         TensorBoard event files
@@ -26,6 +29,9 @@ from typing import IO
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.msgpack"
+LOWEST_VALIDATION_MSE_FILE = "lowest_validation_mse.msgpack"
+# The checkpoints a run may keep, by the name `load_agent` and `--checkpoint` take.
+CHECKPOINT_FILES = {"latest": CHECKPOINT_FILE, "lowest-validation-mse": LOWEST_VALIDATION_MSE_FILE}
 LEGACY_CHECKPOINT_INFO = "checkpoint.json"
 METRICS_FILE = "metrics.csv"
 MASKS_FILE = "masks.csv"

@@ -38,7 +38,9 @@ from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
 from .logging import RunLogger, read_rows
 from .run_directory import (
+    CHECKPOINT_FILES,
     CONFIG_FILE,
+    LOWEST_VALIDATION_MSE_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     has_checkpoint,
@@ -325,6 +327,11 @@ def start_runs(
     runs = []
     for config, out in zip(configs, outs):
         data = PreparedData.from_config(config, dataset, identity)
+        if config.keep_lowest_validation_mse and data.validation is None:
+            raise ValueError(
+                f"keep_lowest_validation_mse: no validation data is left in '{dataset.name}' ({len(dataset)} "
+                f"transitions) after {len(data.train)} training transitions; use a smaller size"
+            )
         validation = to_device_batch(data.validation, data.normalizer) if data.validation is not None else None
         runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
     config, lead = configs[0], runs[0].data
@@ -412,6 +419,9 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
     chunk = math.gcd(config.eval_every, sparse.interval) if sparse.enabled and sparse.until > 0 else config.eval_every
     kept_values = sparse.enabled and uses_kept_values(config.frozen_layout, lanes.size)
     kept_networks: list[str] = []
+    # The lowest validation MSE so far per run; on resume, of the evaluations up to the checkpoint
+    # (metrics.csv is cut back to it), so replayed evaluations rewrite the same file.
+    lowest_mse = [lowest_validation_mse(read_rows(r.out / METRICS_FILE)) for r in runs]
 
     def act_all(observations: np.ndarray) -> np.ndarray:
         per_lane = observations.reshape(lanes.size, config.eval_episodes, -1) if lanes.size > 1 else observations
@@ -456,10 +466,14 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                     row = evaluation_row(r, lanes.index(state, i), step, returns[i], lanes.index(metrics, i),
                                          action_mse, time.time() - started)
                     r.logger.log_evaluation(row)
-                    save_checkpoint(
-                        r.out, step, (lanes.index(state, i), lanes.index(data_key, i)),
-                        _checkpoint_info(r.data, sparse.enabled),
-                    )
+                    saved = (lanes.index(state, i), lanes.index(data_key, i))
+                    info = _checkpoint_info(r.data, sparse.enabled)
+                    # Written before the latest checkpoint: a kill between the two resumes from the
+                    # previous checkpoint and replays this evaluation, which writes this file again.
+                    if r.config.keep_lowest_validation_mse and row["validation_mse"] < lowest_mse[i]:
+                        lowest_mse[i] = row["validation_mse"]
+                        save_checkpoint(r.out, step, saved, info, file=LOWEST_VALIDATION_MSE_FILE)
+                    save_checkpoint(r.out, step, saved, info)
                     if on_evaluation is not None:
                         on_evaluation({**row, "seed": r.config.seed})
                 last_return = float(np.mean(returns))
@@ -494,6 +508,12 @@ def evaluation_row(run: SeedRun, state: Any, step: int, returns: np.ndarray, met
         **{k: float(v) for k, v in metrics.items()},
         "wall_s": round(wall_s, 2),
     }
+
+
+def lowest_validation_mse(rows: list[dict]) -> float:
+    """The lowest finite validation MSE of metrics rows (inf if none)."""
+    values = [float(r["validation_mse"]) for r in rows if isinstance(r.get("validation_mse"), (int, float))]
+    return min((v for v in values if math.isfinite(v)), default=math.inf)
 
 
 def _normalized(reference: ReferenceScores | None, episode_return: float) -> float:
@@ -545,7 +565,7 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         for row in rows
     ]
     final = history[-1] if history else {}
-    return {
+    summary = {
         "algo": config.algo,
         "dataset": config.dataset,
         "env": data.env_id,
@@ -564,6 +584,14 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         "code_version": code_version(),
         "eval_history": history,
     }
+    if config.keep_lowest_validation_mse:
+        # The first evaluation at the minimum: the one the kept checkpoint holds (strict < when saving).
+        lowest = min(history, key=lambda h: h["validation_mse"] if math.isfinite(h["validation_mse"]) else math.inf)
+        summary["lowest_validation_mse"] = {
+            "checkpoint": LOWEST_VALIDATION_MSE_FILE,
+            **{k: lowest[k] for k in ("step", "validation_mse", "return_mean", "normalized_score")},
+        }
+    return summary
 
 
 @dataclass
@@ -633,19 +661,32 @@ class Agent:
         }
 
 
-def load_agent(path: str | Path) -> Agent:
-    """Restore the agent of a run directory (or of the checkpoint file inside one)."""
+def load_agent(path: str | Path, checkpoint: str = "latest") -> Agent:
+    """Restore the agent of a run directory (or of a checkpoint file inside one).
+
+    ``checkpoint``: "latest" (the last evaluation's) or "lowest-validation-mse" (the evaluation with
+    the lowest validation action MSE, kept by runs trained with ``keep_lowest_validation_mse``). A
+    path to a checkpoint file picks that file, whatever ``checkpoint`` says.
+    """
     path = Path(path)
     directory = run_directory_of(path)
+    if checkpoint not in CHECKPOINT_FILES:
+        raise ValueError(f"checkpoint must be one of {sorted(CHECKPOINT_FILES)}, got {checkpoint!r}")
     if not (directory / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{path} is not a run directory (missing {CONFIG_FILE})")
+    file = path.name if path.is_file() and path.name in CHECKPOINT_FILES.values() else CHECKPOINT_FILES[checkpoint]
+    if file == LOWEST_VALIDATION_MSE_FILE and not (directory / file).is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {file}: only runs trained with --keep-lowest-validation-mse "
+            "(keep_lowest_validation_mse = true) keep the checkpoint of their lowest validation MSE"
+        )
     config = RunConfig.of_run(directory)
-    checkpoint = read_checkpoint(directory)
-    info = checkpoint.info
+    saved = read_checkpoint(directory, file)
+    info = saved.info
     template = initial_state(config, info["obs_dim"], info["action_dim"], info["sparse"])
-    state, _ = restore_train_state(checkpoint, template, directory)
+    state, _ = restore_train_state(saved, template, directory)
     recorded = info.get("reference")
     reference = ReferenceScores(recorded["random"], recorded["expert"]) if recorded else None
     source = (recorded or {}).get("source", "dataset")
     return Agent(get_algorithm(config.algo), state, Normalizer.from_dict(info["normalizer"]), info["env_id"],
-                 reference, checkpoint.step, source)
+                 reference, saved.step, source)
