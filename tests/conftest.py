@@ -46,4 +46,17 @@ def hopper_random_npz(hopper_random, tmp_path_factory) -> str:
     return str(path)
 
 
-__all__ = ["ReferenceScores", "random_policy_dataset"]
+def script_validation_mse(monkeypatch, script: dict[int, float]) -> None:
+    """Make every evaluation of ``train`` log ``script[step]`` as its validation MSE (the rest of the
+    row is real), to steer what ``keep_lowest_validation_mse`` keeps."""
+    from sparse_reg.training import trainer
+
+    real_row = trainer.evaluation_row
+
+    def scripted_row(run, state, step, *args):
+        return {**real_row(run, state, step, *args), "validation_mse": script[step]}
+
+    monkeypatch.setattr(trainer, "evaluation_row", scripted_row)
+
+
+__all__ = ["ReferenceScores", "random_policy_dataset", "script_validation_mse"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import random_policy_dataset
+from conftest import random_policy_dataset, script_validation_mse
 
 from sparse_reg.cli import main
 from sparse_reg.data import load_dataset
@@ -89,19 +89,11 @@ SCRIPTED_MSE = {100: 2.0, 200: 1.0, 300: 1.5}
 KEEP_LOWEST = RunConfig(**RUN, keep_lowest_validation_mse=True)
 
 
-def script_validation_mse(monkeypatch):
-    from sparse_reg.training import trainer
-
-    real_row = trainer.evaluation_row
-    monkeypatch.setattr(trainer, "evaluation_row", lambda run, state, step, *args: {
-        **real_row(run, state, step, *args), "validation_mse": SCRIPTED_MSE[step]})
-
-
 # Renames of a run keeping its lowest-MSE checkpoint: lowest 100, latest 100, lowest 200, latest 200, latest 300.
 @pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
 def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validation_mse_one_right(
         tmp_path, hopper_random, monkeypatch, kill_after):
-    script_validation_mse(monkeypatch)
+    script_validation_mse(monkeypatch, SCRIPTED_MSE)
     full = tmp_path / "full"
     train(KEEP_LOWEST, full, dataset=hopper_random, progress=False)
     out = tmp_path / "run"

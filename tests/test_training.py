@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import script_validation_mse
 
 from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
@@ -372,20 +373,9 @@ def test_frozen_layout_choice():
 SCRIPTED_MSE = {200: 3.0, 400: 1.0, 600: 2.0, 800: 1.0, 1000: 4.0}
 
 
-def script_validation_mse(monkeypatch, script=SCRIPTED_MSE):
-    from sparse_reg.training import trainer
-
-    real_row = trainer.evaluation_row
-
-    def scripted_row(run, state, step, *args):
-        return {**real_row(run, state, step, *args), "validation_mse": script[step]}
-
-    monkeypatch.setattr(trainer, "evaluation_row", scripted_row)
-
-
 def test_the_lowest_validation_mse_checkpoint_is_the_first_evaluation_at_the_minimum(tmp_path, hopper_random,
                                                                                        monkeypatch):
-    script_validation_mse(monkeypatch)
+    script_validation_mse(monkeypatch, SCRIPTED_MSE)
     out, latest_at = tmp_path / "run", {}
 
     def copy_latest(row):  # the latest checkpoint is written just before this is called

@@ -254,7 +254,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_checkpoint_argument(parser) -> None:
-    parser.add_argument("--checkpoint", choices=["latest", "lowest-validation-mse"], default="latest",
+    from .training.run_directory import CHECKPOINT_FILES
+
+    parser.add_argument("--checkpoint", choices=list(CHECKPOINT_FILES), default="latest",
                         help="which of the run's agents: the last evaluation's, or the one of its lowest validation "
                         "action MSE (runs trained with --keep-lowest-validation-mse)")
 

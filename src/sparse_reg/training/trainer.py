@@ -421,7 +421,8 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
     kept_networks: list[str] = []
     # The lowest validation MSE so far per run; on resume, of the evaluations up to the checkpoint
     # (metrics.csv is cut back to it), so replayed evaluations rewrite the same file.
-    lowest_mse = [lowest_validation_mse(read_rows(r.out / METRICS_FILE)) for r in runs]
+    lowest_mse = [lowest_validation_row(read_rows(r.out / METRICS_FILE)).get("validation_mse", math.inf)
+                  for r in runs]
 
     def act_all(observations: np.ndarray) -> np.ndarray:
         per_lane = observations.reshape(lanes.size, config.eval_episodes, -1) if lanes.size > 1 else observations
@@ -510,10 +511,11 @@ def evaluation_row(run: SeedRun, state: Any, step: int, returns: np.ndarray, met
     }
 
 
-def lowest_validation_mse(rows: list[dict]) -> float:
-    """The lowest finite validation MSE of metrics rows (inf if none)."""
-    values = [float(r["validation_mse"]) for r in rows if isinstance(r.get("validation_mse"), (int, float))]
-    return min((v for v in values if math.isfinite(v)), default=math.inf)
+def lowest_validation_row(rows: list[dict]) -> dict:
+    """The first of the metrics rows at the lowest finite validation MSE ({} if none has one): the
+    evaluation whose checkpoint ``keep_lowest_validation_mse`` keeps (it saves on a strict <)."""
+    finite = [r for r in rows if isinstance(r.get("validation_mse"), (int, float)) and math.isfinite(r["validation_mse"])]
+    return min(finite, key=lambda r: r["validation_mse"], default={})
 
 
 def _normalized(reference: ReferenceScores | None, episode_return: float) -> float:
@@ -585,8 +587,7 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         "eval_history": history,
     }
     if config.keep_lowest_validation_mse:
-        # The first evaluation at the minimum: the one the kept checkpoint holds (strict < when saving).
-        lowest = min(history, key=lambda h: h["validation_mse"] if math.isfinite(h["validation_mse"]) else math.inf)
+        lowest = lowest_validation_row(history)
         summary["lowest_validation_mse"] = {
             "checkpoint": LOWEST_VALIDATION_MSE_FILE,
             **{k: lowest[k] for k in ("step", "validation_mse", "return_mean", "normalized_score")},
