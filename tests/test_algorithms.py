@@ -7,7 +7,7 @@ the Flax parameter tree directly:
 
     MLP:   params['MLP_0']['Dense_i'] = {'kernel': (in, out), 'bias': (out,)}, ReLU between layers
     TwinQ: params['VmapMLP_0']['Dense_i'] with a leading ensemble axis of 2; input concat(s, a)
-    Gaussian actors: params['log_std'] (state independent, clipped to [-20, 2])
+    Gaussian actors: params['log_std'] (state independent, clipped to [-20, 2]; [-5, 2] in the paper-code variants)
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparse_reg.algorithms import AWAC, AWAC_PAPER_CODE, BC, IQL, IQL_PAPER_CODE, TD3BC, Batch, get_algorithm
+from sparse_reg.algorithms import AWAC, AWAC_PAPER_CODE, BC, IQL, IQL_PAPER_CODE, TD3BC, Batch, get_algorithm, iql
 from sparse_reg.algorithms.awac import AWACConfig, AWACPaperCodeConfig
 from sparse_reg.algorithms.bc import BCConfig
 from sparse_reg.algorithms.iql import IQLConfig, IQLPaperCodeConfig
 from sparse_reg.algorithms.td3bc import TD3BCConfig
+from sparse_reg.masked_net import value_and_grad_of
 from sparse_reg.networks import NetworkConfig
 
 OBS_DIM, ACTION_DIM = 3, 2
@@ -458,6 +459,61 @@ def test_awac_paper_code_critic_loss_averages_the_heads_and_samples_unclipped():
     expected = 0.5 * np.sum(np.mean((q - y) ** 2, axis=1))
     loss, _ = AWAC_PAPER_CODE.losses["critic"](state, BATCH, key)
     assert_close(loss, expected)
+
+
+def test_iql_paper_code_actor_sees_the_value_after_its_step():
+    # algos.py steps the value optimizer, then recomputes v = self.value(state) for the actor's
+    # advantage; the critic's target keeps the V from before the step. Replayed here by hand.
+    for algorithm, config_class, updated in ((IQL_PAPER_CODE, IQLPaperCodeConfig, True), (IQL, IQLConfig, False)):
+        state = iql_state(algorithm, config_class)
+        for _ in range(2):  # Adam's first step is sign(g)·lr whatever g's size: give it a history
+            state, _ = jitted_update(algorithm)(state, BATCH)
+        _, value_key, critic_key, actor_key = jax.random.split(state.rng, 4)
+        _, value_grads = value_and_grad_of(iql.value_loss, state, "value", BATCH, value_key)
+        stepped_value = state.value.apply_gradients(value_grads)
+        _, grads_after = value_and_grad_of(iql.actor_loss, state.replace(value=stepped_value), "actor", BATCH, actor_key)
+        _, grads_before = value_and_grad_of(iql.actor_loss, state, "actor", BATCH, actor_key)
+        actor_after, actor_before = state.actor.apply_gradients(grads_after), state.actor.apply_gradients(grads_before)
+        assert not tree_equal(actor_after.params, actor_before.params)  # the order matters on this state
+        new, _ = jitted_update(algorithm)(state, BATCH)
+        expected = actor_after if updated else actor_before
+        for got, want in zip(jax.tree_util.tree_leaves(new.actor.params), jax.tree_util.tree_leaves(expected.params)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+        # The critic trains on the pre-step V in both: its target r + γ (1 − d) V(s') is unchanged.
+        _, critic_grads = value_and_grad_of(iql.critic_loss, state, "critic", BATCH, critic_key)
+        for got, want in zip(jax.tree_util.tree_leaves(new.critic.params),
+                             jax.tree_util.tree_leaves(state.critic.apply_gradients(critic_grads).params)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)
+
+
+def test_paper_code_log_std_is_clipped_at_minus_five():
+    # GaussianPolicy in algos.py: log_std.clamp(-5, 2); CORL's (and ours): [-20, 2].
+    for state, low in ((set_log_std(iql_paper_state(), [-10.0, -3.0]), -5.0),
+                       (set_log_std(iql_state(), [-10.0, -3.0]), -10.0),
+                       (set_log_std(awac_paper_state(), [-10.0, -3.0]), -5.0),
+                       (set_log_std(awac_state(), [-10.0, -3.0]), -10.0)):
+        _, log_std = state.actor(BATCH.observations)
+        np.testing.assert_array_equal(np.asarray(log_std), np.array([low, -3.0], np.float32))
+    assert AWACPaperCodeConfig().awac_lambda == 0.3333 and AWACConfig().awac_lambda == 1 / 3
+
+
+def test_awac_paper_code_scores_its_critic_with_the_broadcast_loss():
+    # train_no_grad_update: F.mse_loss(Q_h (B, 1), y.flatten() (B,)) = mean_ij (Q_h,i − y_j)², averaged
+    # over the two heads. With every transition terminal, y = r exactly.
+    state = awac_paper_state()
+    batch = BATCH._replace(dones=jnp.ones_like(BATCH.dones))
+    q = twin_q_np(np_tree(state.critic.params), S, A)
+    expected = np.mean([np.mean((q[h].reshape(-1, 1) - R) ** 2) for h in range(2)])
+    scoring = AWAC_PAPER_CODE.snip_losses()["critic"]
+    assert scoring is not AWAC_PAPER_CODE.losses["critic"]
+    loss, _ = scoring(state, batch, jax.random.PRNGKey(0))
+    assert_close(loss, expected)
+    trained, _ = AWAC_PAPER_CODE.losses["critic"](state, batch, jax.random.PRNGKey(0))
+    assert_close(trained, np.mean((q - R) ** 2))  # the update keeps the matching shapes
+    assert abs(float(trained) - expected) > 1e-3
+    assert AWAC_PAPER_CODE.snip_losses()["actor"] is AWAC_PAPER_CODE.losses["actor"]
+    for algorithm in (BC, TD3BC, AWAC, IQL, IQL_PAPER_CODE):  # the others score with their training losses
+        assert algorithm.snip_losses() is algorithm.losses
 
 
 def test_xavier_normal_initialisation_has_torchs_variance():

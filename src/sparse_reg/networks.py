@@ -171,13 +171,15 @@ class GaussianActor(nn.Module):
     """Diagonal Gaussian with state-independent log-std (IQL, AWAC).
 
     ``tanh_mean`` squashes the mean into [-1, 1] (IQL's reference policy); AWAC's
-    reference policy leaves it unsquashed and clips sampled actions instead.
+    reference policy leaves it unsquashed and clips sampled actions instead. The log-std is
+    clipped to [``log_std_min``, LOG_STD_MAX] (the paper's code clips at −5, CORL at −20).
     Returns (mean, log_std); the mean is also the deterministic action.
     """
 
     config: NetworkConfig
     action_dim: int
     tanh_mean: bool = True
+    log_std_min: float = LOG_STD_MIN
 
     @nn.compact
     def __call__(self, obs, train: bool = False):
@@ -185,7 +187,7 @@ class GaussianActor(nn.Module):
         if self.tanh_mean:
             mean = jnp.tanh(mean)
         log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
-        return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        return mean, jnp.clip(log_std, self.log_std_min, LOG_STD_MAX)
 
 
 def gaussian_log_prob(mean: jax.Array, log_std: jax.Array, action: jax.Array) -> jax.Array:

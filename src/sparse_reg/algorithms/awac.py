@@ -17,8 +17,12 @@ Q values of shape (B, 1) while ``log_prob`` of its MultivariateNormal has shape 
     L_actor = −mean_ij w_i · log π(a_j|s_j) = −mean_i w_i · mean_j log π(a_j|s_j):
 uniform weighting, i.e. Gaussian behaviour cloning with a loss scale that changes every
 batch. Its critic loss is the mean of the two heads' errors, (L_1 + L_2) / 2, instead of the
-sum. The variant also takes the released code's other choices: unclipped sampled actions,
-xavier-normal weights and a 1M-step cosine horizon for the actor's learning rate.
+sum. Its masks are scored with another critic loss than the one it trains with: its
+``train_no_grad_update`` compares Q of shape (B, 1) with ``y.flatten()`` of shape (B,), so the
+critic is scored on ½ Σ_h mean_ij (Q_h(s_i, a_i) − y_j)² (``SCORING_LOSSES_PAPER_CODE``). The variant
+also takes the released code's other choices: unclipped sampled actions, the log-std clipped
+to [−5, 2] (not [−20, 2]), λ = 0.3333 (not 1/3), xavier-normal weights and a 1M-step cosine
+horizon for the actor's learning rate.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class AWACConfig:
     clip_sampled_actions: bool = True  # clip a ~ π to [-1, 1] (CORL); the paper's code does not
     weight_init: str = "lecun_normal"  # or "xavier_normal", as the paper's code (networks.KERNEL_INITS)
     paper_code_broadcast: bool = False  # the released code's mean(w)·mean(log π) actor loss (module docstring)
+    log_std_min: float = -20.0  # lower clip of the policy's log-std (CORL: -20; the paper's code: -5)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
 
@@ -72,6 +77,8 @@ class AWACPaperCodeConfig(AWACConfig):
     clip_sampled_actions: bool = False
     weight_init: str = "xavier_normal"
     paper_code_broadcast: bool = True
+    awac_lambda: float = 0.3333  # written so in the released code
+    log_std_min: float = -5.0
 
 
 class AWACState(struct.PyTreeNode):
@@ -91,7 +98,10 @@ def init(config: AWACConfig, obs_dim: int, action_dim: int, key: jax.Array, tota
     if config.actor_lr_decay_steps is not None:
         actor_lr = optax.cosine_decay_schedule(actor_lr, max(config.actor_lr_decay_steps or total_steps, 1))
     actor = MaskedNet.create(
-        GaussianActor(network, action_dim, tanh_mean=False), actor_key, (obs,), make_optimizer(actor_lr, reg)
+        GaussianActor(network, action_dim, tanh_mean=False, log_std_min=config.log_std_min),
+        actor_key,
+        (obs,),
+        make_optimizer(actor_lr, reg),
     )
     critic = MaskedNet.create(
         TwinQ(network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
@@ -105,15 +115,28 @@ def sample_action(state: AWACState, observations: jax.Array, key: jax.Array) -> 
     return jnp.clip(action, -1.0, 1.0) if state.config.clip_sampled_actions else action
 
 
-def critic_loss(state: AWACState, batch: Batch, key: jax.Array):
+def critic_prediction_and_target(state: AWACState, batch: Batch, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Q_h(s, a) of both heads, shape (2, B), and the TD target y, shape (B,)."""
     c = state.config
     action_key, dropout_key = jax.random.split(key)
     next_action = sample_action(state, batch.next_observations, action_key)
     next_q = jnp.min(state.critic.target_call(batch.next_observations, next_action), axis=0)
     target = jax.lax.stop_gradient(batch.rewards + c.discount * (1.0 - batch.dones) * next_q)
-    q = state.critic(batch.observations, batch.actions, dropout_key=dropout_key)
+    return state.critic(batch.observations, batch.actions, dropout_key=dropout_key), target
+
+
+def critic_loss(state: AWACState, batch: Batch, key: jax.Array):
+    q, target = critic_prediction_and_target(state, batch, key)
     per_head = jnp.mean((q - target) ** 2, axis=1)
-    loss = jnp.mean(per_head) if c.paper_code_broadcast else jnp.sum(per_head)
+    loss = jnp.mean(per_head) if state.config.paper_code_broadcast else jnp.sum(per_head)
+    return loss, {"critic_loss": loss, "q_mean": jnp.mean(q)}
+
+
+def paper_code_critic_scoring_loss(state: AWACState, batch: Batch, key: jax.Array):
+    """The loss the released code scores the critic's masks with: every Q_h(s_i, a_i) against
+    every target y_j, ½ Σ_h mean_ij (Q_h,i − y_j)² (its (B, 1) vs (B,) broadcast)."""
+    q, target = critic_prediction_and_target(state, batch, key)
+    loss = jnp.mean((q[:, :, None] - target[None, None, :]) ** 2)
     return loss, {"critic_loss": loss, "q_mean": jnp.mean(q)}
 
 
@@ -153,4 +176,7 @@ def act(state: AWACState, observations: jax.Array) -> jax.Array:
 
 LOSSES = {"actor": actor_loss, "critic": critic_loss}
 AWAC = Algorithm("awac", AWACConfig, init, update, act, losses=LOSSES)
-AWAC_PAPER_CODE = Algorithm("awac-paper-code", AWACPaperCodeConfig, init, update, act, losses=LOSSES)
+SCORING_LOSSES_PAPER_CODE = {"actor": actor_loss, "critic": paper_code_critic_scoring_loss}
+AWAC_PAPER_CODE = Algorithm(
+    "awac-paper-code", AWACPaperCodeConfig, init, update, act, losses=LOSSES, scoring_losses=SCORING_LOSSES_PAPER_CODE
+)

@@ -3,7 +3,8 @@
 An algorithm is a module with a config dataclass, ``init``, one pure ``update`` and a
 deterministic ``act``, bundled in an :class:`Algorithm`. ``losses`` maps each network
 field of the train state to the loss that trains it; Sparse-Reg scores that network
-with the same loss, so a new algorithm gets Sparse-Reg by declaring ``losses``.
+with the same loss (or with ``scoring_losses`` where an algorithm says otherwise), so a new
+algorithm gets Sparse-Reg by declaring ``losses``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ class Algorithm(NamedTuple):
     update: Callable[[Any, Batch], tuple[Any, dict]]  # pure; jit/scan/vmap friendly
     act: Callable[[Any, jax.Array], jax.Array]  # deterministic action for normalised observations
     losses: Mapping[str, Callable]  # network field -> loss(state, batch, key) -> (loss, metrics)
+    # The losses Sparse-Reg scores each network with, where they differ from the training losses
+    # (the paper's released AWAC scores its critic with another loss than it trains it with).
+    scoring_losses: Mapping[str, Callable] | None = None
+
+    def snip_losses(self) -> Mapping[str, Callable]:
+        """Network field -> the loss its SNIP scores come from (the training loss by default)."""
+        return self.scoring_losses or self.losses
 
 
 def check_options(

@@ -21,8 +21,13 @@ the B×B matrix u_ij = Q_i − V(s_j):
              = −mean_j w̄_j · log π(a_j|s_j),   w̄_j = mean_i min(exp(β (Q_i − V(s_j))), w_max)
 so a sample's own advantage never reaches its weight: the actor is close to behaviour
 cloning. The critic loss has matching shapes there and is the same as ours. The variant also
-takes the released code's other choices: an unsquashed Gaussian mean, xavier-normal weights
-and a 1M-step cosine horizon for the actor's learning rate.
+takes the released code's other choices: an unsquashed Gaussian mean, the log-std clipped to
+[−5, 2] (not [−20, 2]), xavier-normal weights, a 1M-step cosine horizon for the actor's
+learning rate, and its update order: the value network takes its step first and the actor's
+advantage is computed with the *updated* V (``algos.py`` recomputes ``v = self.value(state)``
+after ``value_optimizer.step()``), while the critic's target still uses the V from before the
+step. Its mask scoring (``train_no_grad_update``) takes no step, so it scores all three
+networks on the same state, as ``LOSSES`` does.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class IQLConfig:
     tanh_mean: bool = True  # squash the policy's mean into [-1, 1] (CORL); the paper's code does not
     weight_init: str = "lecun_normal"  # or "xavier_normal", as the paper's code (networks.KERNEL_INITS)
     paper_code_broadcast: bool = False  # the released code's B×B value and actor losses (module docstring)
+    log_std_min: float = -20.0  # lower clip of the policy's log-std (CORL: -20; the paper's code: -5)
+    actor_sees_updated_value: bool = False  # the paper's code: the actor's advantage uses V after its step
     network: NetworkConfig = field(default_factory=NetworkConfig)
     regularization: Regularization = field(default_factory=Regularization)
 
@@ -79,6 +86,8 @@ class IQLPaperCodeConfig(IQLConfig):
     tanh_mean: bool = False
     weight_init: str = "xavier_normal"
     paper_code_broadcast: bool = True
+    log_std_min: float = -5.0
+    actor_sees_updated_value: bool = True
 
 
 class IQLState(struct.PyTreeNode):
@@ -98,7 +107,10 @@ def init(config: IQLConfig, obs_dim: int, action_dim: int, key: jax.Array, total
     decay_steps = config.actor_lr_decay_steps or total_steps
     actor_schedule = optax.cosine_decay_schedule(config.actor_learning_rate, max(decay_steps, 1))
     actor = MaskedNet.create(
-        GaussianActor(network, action_dim, tanh_mean=config.tanh_mean), actor_key, (obs,), make_optimizer(actor_schedule, reg)
+        GaussianActor(network, action_dim, tanh_mean=config.tanh_mean, log_std_min=config.log_std_min),
+        actor_key,
+        (obs,),
+        make_optimizer(actor_schedule, reg),
     )
     critic = MaskedNet.create(
         TwinQ(network), critic_key, (obs, action), make_optimizer(config.critic_learning_rate, reg), with_target=True
@@ -147,9 +159,11 @@ def update(state: IQLState, batch: Batch) -> tuple[IQLState, dict]:
     rng, value_key, critic_key, actor_key = jax.random.split(state.rng, 4)
     (_, value_metrics), value_grads = value_and_grad_of(value_loss, state, "value", batch, value_key)
     (_, critic_metrics), critic_grads = value_and_grad_of(critic_loss, state, "critic", batch, critic_key)
-    (_, actor_metrics), actor_grads = value_and_grad_of(actor_loss, state, "actor", batch, actor_key)
+    value = state.value.apply_gradients(value_grads)
+    actor_view = state.replace(value=value) if state.config.actor_sees_updated_value else state
+    (_, actor_metrics), actor_grads = value_and_grad_of(actor_loss, actor_view, "actor", batch, actor_key)
     state = state.replace(
-        value=state.value.apply_gradients(value_grads),
+        value=value,
         critic=state.critic.apply_gradients(critic_grads).soft_update_target(state.config.tau),
         actor=state.actor.apply_gradients(actor_grads),
         rng=rng,

@@ -178,7 +178,7 @@ def make_mask_refresher(
 ) -> Callable:
     def refresh(state, key, data: Batch):
         key, batch_key, score_key = jax.random.split(key, 3)
-        state, stats = refresh_masks(state, algorithm.losses, sample_batch(data, batch_key, batch_size), score_key, sparse)
+        state, stats = refresh_masks(state, algorithm.snip_losses(), sample_batch(data, batch_key, batch_size), score_key, sparse)
         return state, key, stats
 
     return jax.jit(lanes.vmap(refresh))
