@@ -151,6 +151,9 @@ def test_run_variant_from_config_and_tags():
     assert run_variant({**base, "sparsity": 0.95}) == "sparse95"  # explicit levels are named (Table 3)
     assert run_variant({**base, "sparsity": 0.75}) == "sparse75"
     assert run_variant({**base, "sparsity": "auto", "mask_until": 0}) == "sfi"
+    assert run_variant({**base, "sparsity": "auto", "mask_scorer": "random"}) == "sparse-random"
+    assert run_variant({**base, "sparsity": 0.95, "mask_scorer": "magnitude"}) == "sparse95-magnitude"
+    assert run_variant({**base, "sparsity": "auto", "mask_scorer": "snip"}) == "sparse"
     assert run_variant({**base, "l1": 1e-3}) == "l1"
     assert run_variant({**base, "dropout": 0.1}) == "dropout"
     assert run_variant({**base, "weight_decay": 1e-4}) == "wd"

@@ -19,6 +19,7 @@ from sparse_reg.algorithms.td3bc import TD3BCConfig
 from sparse_reg.masked_net import MaskedNet, apply_mask
 from sparse_reg.networks import MLP, NetworkConfig, TwinQ
 from sparse_reg.sparsity import (
+    MASK_SCORERS,
     SparseRegConfig,
     mask_statistics,
     network_masks,
@@ -442,6 +443,43 @@ def test_td3bc_targets_are_masked_with_the_online_mask():
 # --------------------------------------------------------------------------------------
 # 7. Schedule and sparsity resolution
 # --------------------------------------------------------------------------------------
+
+
+def test_magnitude_and_random_scorers_keep_the_same_count_by_their_own_rule(bc_setup):
+    # The controls of issue 32: same global top-k and count as SNIP, other scores.
+    _, dense, batch = bc_setup
+    loss, key, keep = BC.losses["actor"], jax.random.PRNGKey(3), 0.1
+    params = dense.actor.params
+    n = sum(leaf.size for _, leaf in kernel_items(params))
+    weights = np.concatenate([np.abs(np.asarray(leaf)).ravel() for _, leaf in kernel_items(params)])
+    masks = {}
+    for scorer in MASK_SCORERS:
+        masks[scorer] = network_masks(loss, dense, "actor", batch, key, sparsity=1 - keep, scorer=scorer)
+        kept = np.concatenate([np.asarray(leaf).ravel() for _, leaf in kernel_items(masks[scorer])]) == 1
+        assert kept.sum() == round(keep * n), scorer
+    # magnitude: exactly the k largest |θ| (no ties among float weights)
+    kept = np.concatenate([np.asarray(leaf).ravel() for _, leaf in kernel_items(masks["magnitude"])]) == 1
+    assert weights[kept].min() > weights[~kept].max()
+    # random: ignores the weights and the loss (each layer keeps about `keep`), reproducible from the key
+    for _, leaf in kernel_items(masks["random"]):
+        assert abs(float(np.mean(leaf)) - keep) < 0.1, np.shape(leaf)
+    again = network_masks(loss, dense, "actor", batch, key, sparsity=1 - keep, scorer="random")
+    other = network_masks(loss, dense, "actor", batch, jax.random.PRNGKey(4), sparsity=1 - keep, scorer="random")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(masks["random"])))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(other), jax.tree_util.tree_leaves(again)))
+    # the three rules pick different weights
+    snip = np.concatenate([np.asarray(leaf).ravel() for _, leaf in kernel_items(masks["snip"])])
+    for scorer in ("magnitude", "random"):
+        assert not np.array_equal(snip, np.concatenate([np.asarray(leaf).ravel() for _, leaf in kernel_items(masks[scorer])]))
+    # refresh_masks takes the scorer from the config
+    refreshed, _ = refresh_masks(with_all_ones_masks(dense, BC.losses), BC.losses, batch, key,
+                                 SparseRegConfig(sparsity=1 - keep, scorer="magnitude"))
+    actor_key = jax.random.split(key, 1)[0]
+    want = network_masks(loss, dense, "actor", batch, actor_key, sparsity=1 - keep, scorer="magnitude")
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree_util.tree_leaves(refreshed.actor.mask), jax.tree_util.tree_leaves(want)))
+    with pytest.raises(ValueError, match="unknown mask scorer 'grasp'"):
+        SparseRegConfig(scorer="grasp")
 
 
 def test_refresh_schedule_spu():

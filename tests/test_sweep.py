@@ -32,6 +32,7 @@ from sparse_reg.training.config import RunConfig
 EXPECTED_CELLS = {
     "figure1": 24, "figure2": 28, "figure3": 48, "figure4": 49, "figure5": 3, "figure6": 12,
     "table1": 36, "table2": 8, "table3": 20, "table4": 72, "table5": 16, "table1-paper-code": 24,
+    "figure2-bc": 33, "figure2-long": 11,
 }
 QUICK_SEEDS = {"figure4": 2}
 

@@ -10,7 +10,9 @@ that network with. A mask refresh, for every such network:
    biases and scales stay dense).
 
 Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or only at
-step 0 when ``until == 0`` (SFI, single shot at initialisation). Applying the mask in
+step 0 when ``until == 0`` (SFI, single shot at initialisation). A scorer is one function
+``scores(params, grads, key)`` (:data:`MASK_SCORERS`): SNIP is the method; ``magnitude``
+(|θ|) and ``random`` are the pruning literature's controls, same top-k and schedule. Applying the mask in
 forward passes and updates is :class:`sparse_reg.masked_net.MaskedNet`'s job (or, for
 any optax optimiser, :func:`masked_updates`'s and :func:`apply_masks`'). Nothing
 here knows any algorithm: a new algorithm only declares its losses.
@@ -57,8 +59,11 @@ class SparseRegConfig:
     sparsity: float = 0.95
     interval: int = 5_000
     until: int = 200_000  # 0 = single shot at initialisation (SFI)
+    scorer: str = "snip"  # a name in MASK_SCORERS
 
     def __post_init__(self):
+        if self.scorer not in MASK_SCORERS:
+            raise ValueError(f"unknown mask scorer {self.scorer!r}: choose one of {', '.join(MASK_SCORERS)}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.interval <= 0:
@@ -160,6 +165,26 @@ def snip_scores(loss_of_params: Callable[[PyTree], jax.Array], params: PyTree) -
 def snip_scores_from_grads(params: PyTree, grads: PyTree) -> PyTree:
     """|θ · g| leaf by leaf, for gradients you already have."""
     return jax.tree_util.tree_map(lambda p, g: jnp.abs(p * g), params, grads)
+
+
+def magnitude_scores(params: PyTree, grads: PyTree, key: jax.Array) -> PyTree:
+    """|θ|: global magnitude pruning, the classic control for a data-driven score."""
+    return jax.tree_util.tree_map(jnp.abs, params)
+
+
+def random_scores(params: PyTree, grads: PyTree, key: jax.Array) -> PyTree:
+    """Uniform noise: a random mask, each layer keeping about the same fraction."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [jax.random.uniform(k, jnp.shape(p)) for k, p in zip(keys, leaves)])
+
+
+# name -> scores(params, grads, key): how a refresh ranks the weights before the top-k.
+MASK_SCORERS: dict[str, Callable[[PyTree, PyTree, jax.Array], PyTree]] = {
+    "snip": lambda params, grads, key: snip_scores_from_grads(params, grads),
+    "magnitude": magnitude_scores,
+    "random": random_scores,
+}
 
 
 def _keep_fraction(sparsity: float | None, keep: float | None) -> float:
@@ -377,8 +402,10 @@ def network_masks(
     *,
     sparsity: float,
     is_prunable: Prunable | None = None,
+    scorer: str = "snip",
 ) -> PyTree:
-    """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones."""
+    """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones
+    (or the masks of another of :data:`MASK_SCORERS`)."""
     net = _network(state, name)
     _mask_of(net, name)  # a clear error for what is not a network
     dense_net = _with_mask(net, None)
@@ -386,7 +413,11 @@ def network_masks(
     def loss_of_params(params):
         return loss_fn(_with_network(state, name, dense_net.replace(params=params)), batch, key)[0]
 
-    return snip_masks(loss_of_params, dense_net.params, sparsity=sparsity, is_prunable=is_prunable)
+    if scorer == "snip":
+        return snip_masks(loss_of_params, dense_net.params, sparsity=sparsity, is_prunable=is_prunable)
+    grads = jax.grad(loss_of_params)(dense_net.params)
+    scores = MASK_SCORERS[scorer](dense_net.params, grads, jax.random.fold_in(key, 1))
+    return topk_masks(scores, sparsity=sparsity, is_prunable=is_prunable)
 
 
 def refresh_masks(
@@ -424,7 +455,9 @@ def refresh_masks(
         raise ValueError("refresh_masks: losses is empty; give one loss per network to sparsify")
     keys = jax.random.split(key, len(losses))
     new_masks = {
-        name: network_masks(loss_fn, state, name, batch, subkey, sparsity=config.sparsity, is_prunable=is_prunable)
+        name: network_masks(
+            loss_fn, state, name, batch, subkey, sparsity=config.sparsity, is_prunable=is_prunable, scorer=config.scorer
+        )
         for subkey, (name, loss_fn) in zip(keys, losses.items())
     }
     stats = {

@@ -55,7 +55,8 @@ def run_variant(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None
 
     "dense" (sparsity 0) or "sparse" (sparsity "auto", the paper's rule); an explicit level
     is named by it, "sparse95", "sparse75" (as the sweep's Table 3 / Figure 6 variants); "sfi"
-    replaces "sparse" when masks are fixed at initialisation (``mask_until == 0``). Then
+    replaces "sparse" when masks are fixed at initialisation (``mask_until == 0``), and a mask
+    scorer other than SNIP is appended ("sparse-random", "sparse-magnitude"). Then
     "+"-joined regularisers: "l1", "dropout", "wd" (weight decay),
     "layernorm", "specnorm", "hd64" (hidden dims other than 256x256) and ``key=value`` for
     algorithm options; e.g. "dense+l1", "sparse", "hd64".
@@ -68,7 +69,9 @@ def run_variant(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None
     level = None if is_auto else resolve_sparsity(sparsity, 0)
     if is_auto or level:
         name = "sfi" if config.get("mask_until") == 0 else SPARSE
-        parts.append(name if is_auto else f"{name}{100 * level:g}")
+        name = name if is_auto else f"{name}{100 * level:g}"
+        scorer = config.get("mask_scorer", "snip")
+        parts.append(name if scorer == "snip" else f"{name}-{scorer}")
     parts += [tag for name, tag in REGULARISER_TAGS.items() if config.get(name)]  # non-zero or true
     hidden = [int(h) for h in config.get("hidden_dims", DEFAULT_HIDDEN)]
     if hidden != DEFAULT_HIDDEN:

@@ -14,7 +14,7 @@ from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparse_layout import FROZEN_LAYOUTS
-from ..sparsity import SparseRegConfig, resolve_sparsity
+from ..sparsity import MASK_SCORERS, SparseRegConfig, resolve_sparsity
 from .run_directory import CONFIG_FILE
 
 SUBSAMPLE_MODES = ("trajectories", "first")
@@ -52,6 +52,9 @@ class RunConfig:
                                    "in [0, 1); 0 = dense")
     mask_interval: int = _field(5_000, "steps between Sparse-Reg mask refreshes")
     mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = masks fixed at initialisation (SFI)")
+    mask_scorer: str = _field("snip", "how a mask refresh ranks weights: 'snip' = |θ·∂L/∂θ| (Sparse-Reg); "
+                              "'magnitude' = |θ| and 'random' are controls at the same sparsity and schedule",
+                              choices=tuple(MASK_SCORERS))
     steps: int = _field(1_000_000, "gradient steps")
     seed: int = _field(0, "training seed (data subset, initialisation, batches)")
     eval_every: int = _field(5_000, "steps between evaluations and checkpoints")
@@ -131,7 +134,9 @@ class RunConfig:
 
     def sparse_reg_config(self, train_size: int) -> SparseRegConfig:
         """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it)."""
-        return SparseRegConfig(resolve_sparsity(self.sparsity, train_size), self.mask_interval, self.mask_until)
+        return SparseRegConfig(
+            resolve_sparsity(self.sparsity, train_size), self.mask_interval, self.mask_until, self.mask_scorer
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -151,7 +156,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("frozen_layout")
         if self.dense:
-            d.pop("mask_interval"), d.pop("mask_until")
+            d.pop("mask_interval"), d.pop("mask_until"), d.pop("mask_scorer")
         return d
 
     @classmethod
