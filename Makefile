@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-behaviour clean
+.PHONY: demo demo-record test install install-behaviour clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/sparse-reg demo
+
+# After a change that moves the demo's numbers: run it and record its table in docs/ and README.md.
+demo-record: $(VENV)/.installed
+	$(BIN)/sparse-reg demo --record
 
 # Lint first (seconds; configured in pyproject.toml), then the tests. examples/ once it exists.
 LINTED := $(wildcard src tests benchmarks scripts examples)

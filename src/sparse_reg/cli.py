@@ -188,6 +188,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
 
     run_demo(Path(args.out), steps=args.steps, size=args.size, dataset=args.dataset)
+    if args.record:
+        from .experiments.demo import record_demo
+
+        recorded = record_demo(Path(args.out), Path("docs"), Path("README.md"))
+        print(f"recorded the demo's table in {recorded} and README.md")
     return 0
 
 
@@ -322,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="halfcheetah-expert-v0", help="dataset name or path")
     p.add_argument("--size", type=_int, default=10_000, help="training transitions")
     p.add_argument("--steps", type=_int, default=20_000, help="gradient steps per run")
+    p.add_argument("--record", action="store_true", help="then copy its table and figure into docs/ and the "
+                   "README's demo block (run from the repository root; what `make demo-record` does)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sweep", help="run a paper experiment's grid of runs (skips finished runs, resumes others)")
