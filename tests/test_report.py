@@ -68,13 +68,16 @@ def _write_run(directory: Path, algo, env, variant, seed, final_score, *, steps=
         networks = ("actor", "critic", "value") if algo == "iql" else ("actor",)
         with open(directory / "masks.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["step", "network", "layer", "sparsity", "changed", "loss_before", "loss_after"])
+            writer.writerow(["step", "network", "layer", "sparsity", "changed", "live_units", "loss_before",
+                             "loss_after"])
             for step in (0, 5000):
                 for network in networks:
                     for layer, sparsity in (("params/Dense_0", 0.9), ("params/Dense_1", 0.97), ("total", 0.95)):
                         losses = [1.0, 3.0 if step else 1.2] if layer == "total" else ["", ""]
+                        # hidden layer Dense_0: 80% of units alive at 0, 40% + 0.1 * seed at 5k; output layer: none
+                        live = {"params/Dense_0": 0.8 if step == 0 else 0.4 + 0.1 * seed, "total": 0.8 if step == 0 else 0.5}
                         writer.writerow([step, network, layer, sparsity + (0.01 if step else 0.0),
-                                         1.0 if step == 0 else 0.05, *losses])
+                                         1.0 if step == 0 else 0.05, live.get(layer, ""), *losses])
     if summary:
         (directory / "summary.json").write_text(json.dumps({
             "algo": algo, "dataset": config["dataset"], "env": ENV_IDS[env], "size": 5000, "validation_size": 2000,
@@ -325,6 +328,17 @@ def test_refresh_loss_table_means_the_seeds_at_each_refresh(built):
     bc = md.split("### expert, BC, 5k, Hopper, sparse (seeds 0, 1, 2)\n")[1].split("###")[0]
     assert "| 5k | 1 → 3 |" in bc and "critic" not in bc
     assert "dense" not in md and "(tables/refresh_losses.md)" in index.read_text()
+
+
+def test_live_units_table_first_and_last_masks(built):
+    _, out, index = built
+    md = (out / "tables" / "live_units.md").read_text()
+    iql = md.split("### expert, IQL, 5k, Hopper, sparse (seeds 0, 1, 2)\n")[1].split("###")[0]
+    assert "| network | hidden layer | live units, first masks | live units, last masks (5k) |" in iql
+    # seeds 0, 1, 2 end at 40%, 50%, 60%: mean 50%
+    assert "| critic | params/Dense_0 | 80% | 50% |" in iql and "| value | total | 80% | 50% |" in iql
+    assert "Dense_1" not in iql  # an output layer has no hidden units
+    assert "dense" not in md and "(tables/live_units.md)" in index.read_text()
 
 
 def test_best_score_is_the_first_highest_evaluation():

@@ -21,6 +21,7 @@ from sparse_reg.networks import MLP, NetworkConfig, TwinQ
 from sparse_reg.sparsity import (
     MASK_SCORERS,
     SparseRegConfig,
+    live_units,
     mask_statistics,
     network_masks,
     refresh_masks,
@@ -555,6 +556,26 @@ def test_mask_statistics_hand_computed():
     np.testing.assert_allclose(float(first["total"]["sparsity"]), 0.5)
 
 
+def test_live_units_hand_computed():
+    # Dense_0 (3 in, 4 units), Dense_1 (4 units -> 2 units), Dense_2 (2 -> 1 output).
+    # Unit j of Dense_0 lives if column j of Dense_0 and row j of Dense_1 both keep something.
+    d0 = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], np.float32)  # feeds units 0 and 2
+    d1 = np.array([[0, 1], [1, 0], [0, 0], [0, 0]], np.float32)  # reads units 0 and 1; feeds unit 0 and 1
+    d2 = np.array([[0], [1]], np.float32)  # reads unit 1 of Dense_1
+    mask = {"MLP_0": {"Dense_0": {"kernel": d0, "bias": np.ones(4)}, "Dense_1": {"kernel": d1, "bias": np.ones(2)},
+                      "Dense_2": {"kernel": d2, "bias": np.ones(1)}}}
+    alive = {k: (int(v[0]), v[1]) for k, v in live_units(mask).items()}
+    assert alive == {"MLP_0/Dense_0": (1, 4), "MLP_0/Dense_1": (1, 2)}  # unit 0 only; unit 1 only
+    stats = mask_statistics(mask, None)
+    assert float(stats["MLP_0/Dense_0"]["live_units"]) == 0.25 and float(stats["MLP_0/Dense_1"]["live_units"]) == 0.5
+    assert "live_units" not in stats["MLP_0/Dense_2"]  # an output layer has no hidden units
+    assert float(stats["total"]["live_units"]) == pytest.approx(2 / 6)
+    # Stacked heads (twin critic, leading axis 2) count per head: head 0 all alive, head 1 none.
+    twin = {"VmapMLP_0": {"Dense_0": {"kernel": np.stack([np.ones((3, 2)), np.ones((3, 2))])},
+                          "Dense_1": {"kernel": np.stack([np.ones((2, 1)), np.zeros((2, 1))])}}}
+    assert {k: (int(v[0]), v[1]) for k, v in live_units(twin).items()} == {"VmapMLP_0/Dense_0": (2, 4)}
+
+
 def test_mask_statistics_nested_layer_names_and_weight_sparsity():
     mask = {"VmapMLP_0": {"Dense_0": {"kernel": jnp.asarray([[[1.0, 0.0]], [[0.0, 0.0]]]), "bias": jnp.ones((2, 2))}}}
     stats = mask_statistics(mask, mask)
@@ -628,7 +649,7 @@ def test_refresh_reports_each_networks_loss_with_the_old_and_the_new_mask():
         assert float(stats[name]["total"]["loss_before"]) == pytest.approx(before, rel=1e-6), name
         assert float(stats[name]["total"]["loss_after"]) == pytest.approx(after, rel=1e-6), name
         assert before != pytest.approx(after), name  # 90% -> 50% sparse changes the function
-        assert set(stats[name]["total"]) == {"sparsity", "changed", "loss_before", "loss_after"}
+        assert set(stats[name]["total"]) == {"sparsity", "changed", "live_units", "loss_before", "loss_after"}
 
 
 @pytest.mark.parametrize("interval, until, last", [(5000, 200_000, 195_000), (5000, 6000, 5000), (5000, 5000, 0),

@@ -428,7 +428,7 @@ def test_refresh_masks_on_a_dict_of_train_states():
         assert kept == round(0.1 * n)
         np.testing.assert_allclose(sr.weight_sparsity(refreshed[name]), 1 - round(0.1 * n) / n, rtol=1e-6)
         assert_trees_equal(refreshed[name].params, state[name].params)  # a refresh moves no weight
-        assert set(stats[name]["total"]) == {"sparsity", "changed", "loss_before", "loss_after"}
+        assert set(stats[name]["total"]) == {"sparsity", "changed", "live_units", "loss_before", "loss_after"}
     # The actor's masks are SNIP on its full network, by hand with snip_masks.
     expected = sr.snip_masks(lambda p: jnp.mean((state["actor"].apply_fn({"params": p}, batch.x) - batch.y) ** 2),
                              state["actor"].params, sparsity=0.9)

@@ -250,8 +250,8 @@ def test_logs_written_by_an_older_version_keep_their_columns_when_a_run_resumes(
                                    "total": {"sparsity": 0.95, "changed": 1.0, "loss_before": 1.0, "loss_after": 2.0}}})
     logger.close()
     header, layer_row, total_row = (fresh / MASKS_FILE).read_text().splitlines()
-    assert header == "step,network,layer,sparsity,changed,loss_before,loss_after"
-    assert layer_row.endswith(",,") and total_row.endswith(",1.0,2.0")
+    assert header == "step,network,layer,sparsity,changed,live_units,loss_before,loss_after"
+    assert layer_row.endswith(",,,") and total_row.endswith(",,1.0,2.0")
 
 
 def test_chunks_run_in_pieces_give_the_same_run_and_exact_chunk_means(tmp_path, hopper_random, monkeypatch):

@@ -475,8 +475,35 @@ def refresh_masks(
     return state, stats
 
 
+def live_units(mask: PyTree, is_prunable: Prunable | None = None) -> dict[str, tuple[jax.Array, int]]:
+    """Hidden units the mask leaves alive, per layer: ``{layer: (live count, unit count)}``.
+
+    For consecutive weight matrices ``Dense_i`` (in, out) and ``Dense_{i+1}`` of one MLP, unit ``j``
+    of layer ``i``'s output is alive when a kept weight feeds it (column ``j`` of ``Dense_i``) and a
+    kept weight reads it (row ``j`` of ``Dense_{i+1}``); a dead unit is as if the layer were narrower.
+    Leading axes (the stacked heads of a twin critic) count as separate units. Layers not named
+    ``Dense_<i>``, and output layers, have no entry.
+    """
+    kernels: dict[tuple[str, int], tuple[str, jax.Array]] = {}
+    for (path, m), prunable in zip(jax.tree_util.tree_flatten_with_path(mask)[0], _prunable_flags(mask, is_prunable)):
+        layer = layer_name(path)
+        parent, _, own = layer.rpartition("/")
+        if prunable and own.startswith("Dense_") and own[len("Dense_"):].isdigit():
+            kernels[(parent, int(own[len("Dense_"):]))] = (layer, m)
+    out = {}
+    for (parent, index), (layer, m) in kernels.items():
+        successor = kernels.get((parent, index + 1))
+        if successor is None or successor[1].shape[-2] != m.shape[-1]:
+            continue
+        fed = jnp.any(m != 0, axis=-2)  # (..., out): some kept input weight
+        read = jnp.any(successor[1] != 0, axis=-1)  # (..., out): some kept output weight
+        out[layer] = (jnp.sum(fed & read), int(fed.size))
+    return out
+
+
 def mask_statistics(mask: PyTree, previous: PyTree | None, is_prunable: Prunable | None = None) -> dict:
-    """Per weight matrix and per network: fraction pruned, and fraction of entries that flipped."""
+    """Per weight matrix and per network: fraction pruned, fraction of entries that flipped and, for
+    hidden layers, the fraction of units left alive (:func:`live_units`)."""
     flags = _prunable_flags(mask, is_prunable)
     named = jax.tree_util.tree_flatten_with_path(mask)[0]
     old = jax.tree_util.tree_leaves(previous) if previous is not None else [None] * len(named)
@@ -490,6 +517,11 @@ def mask_statistics(mask: PyTree, previous: PyTree | None, is_prunable: Prunable
         stats[layer] = {"sparsity": n_pruned / m.size, "changed": n_changed / m.size}
         pruned, changed, total = pruned + n_pruned, changed + n_changed, total + m.size
     stats["total"] = {"sparsity": pruned / total, "changed": changed / total}
+    alive = live_units(mask, is_prunable)
+    for layer, (live, units) in alive.items():
+        stats[layer]["live_units"] = live / units
+    if alive:
+        stats["total"]["live_units"] = sum(live for live, _ in alive.values()) / sum(n for _, n in alive.values())
     return stats
 
 

@@ -14,6 +14,7 @@ variant) x seeds and writes ``out_dir/index.md`` with everything linked from it:
   evaluation of a few episodes swings a lot on small data).
 * ``tables/variants.{md,tex}``: one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``tables/refresh_losses.md``: each network's loss just before and after every mask refresh.
+* ``tables/live_units.md``: the fraction of hidden units the masks leave alive.
 * ``tables/iqm.{md,csv}``: IQM of final and of late normalised scores with 95% stratified-bootstrap CIs.
 * ``tables/final_scores.csv`` and ``tables/runs.md``: one row per run (the numbers behind
   everything else, plus late and best score, action MSE, wall time and commit).
@@ -63,6 +64,7 @@ from .runs import (
 from .tables import (
     iqm_estimates,
     iqm_table_item,
+    live_unit_item,
     markdown_table,
     mse_table_items,
     refresh_loss_item,
@@ -106,6 +108,7 @@ def write_report(
     if estimates or late_estimates:
         items.append(iqm_table_item(estimates + late_estimates, out_dir / "tables", reps))
     items += refresh_loss_item(runs, out_dir / "tables")
+    items += live_unit_item(runs, out_dir / "tables")
     items.append(runs_table_item(runs, out_dir / "tables"))
     for group in figure_groups(runs):
         items += curve_items(group, cells, colors, out_dir / "figures")

@@ -8,6 +8,7 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
 * ``variants`` (``.md``, ``.tex``): one column per variant (L1, dropout, SFI, ...) when there are any.
 * ``action_mse.md``: final and lowest training / validation action MSE (BC by default).
 * ``refresh_losses.md``: each network's loss just before and after every mask refresh.
+* ``live_units.md``: the fraction of hidden units the masks leave alive, first and last masks.
 * ``iqm`` (``.md``, ``.csv``): IQM of final and of late normalised scores with 95% stratified-bootstrap CIs.
 * ``final_scores.csv`` and ``runs.md``: one row per run (the numbers behind everything else, plus
   late and best score, action MSE, wall time and commit).
@@ -324,6 +325,45 @@ def refresh_loss_tables(runs: Sequence[Run]) -> dict[str, str]:
     return out
 
 
+def live_unit_tables(runs: Sequence[Run]) -> dict[str, str]:
+    """Per sparse cell whose masks.csv records it: the fraction of each network's hidden units that the
+    masks leave alive (a kept input and a kept output weight), at the first refresh and at the last
+    (the masks the run ends with), mean over seeds. Sparse-Reg at 95% is partly a narrower network."""
+    out = {}
+    cells = group_cells([r for r in runs if any(np.isfinite(as_float(row.get("live_units"))) for row in r.masks)])
+    for key in sorted(cells, key=_cell_order):
+        members = cells[key]
+        first: dict[tuple[str, str], list[float]] = defaultdict(list)
+        last: dict[tuple[str, str], list[float]] = defaultdict(list)
+        last_steps = set()
+        for run in members:
+            steps = [as_float(row["step"]) for row in run.masks]
+            for row in run.masks:
+                value = as_float(row.get("live_units"))
+                if not np.isfinite(value):
+                    continue
+                where = (str(row["network"]), str(row["layer"]))
+                if as_float(row["step"]) == min(steps):
+                    first[where].append(value)
+                if as_float(row["step"]) == max(steps):
+                    last[where].append(value)
+            last_steps.add(int(max(steps)))
+        networks = ordered({n for n, _ in first} | {n for n, _ in last}, ("actor", "critic", "value"))
+        rows = []
+        for network in networks:
+            layers = sorted({layer for n, layer in {**first, **last} if n == network}, key=lambda name: (name == "total", name))
+            for layer in layers:
+                cells_text = [f"{100 * np.mean(values[(network, layer)]):.0f}%" if values.get((network, layer)) else MISSING
+                              for values in (first, last)]
+                rows.append([network, layer, *cells_text])
+        section, algo, size, family, variant = key
+        seeds = ", ".join(str(s) for s in sorted(r.seed for r in members))
+        last_label = "/".join(count_label(s) for s in sorted(last_steps))
+        title = f"{section}, {algo_name(algo)}, {count_label(size) if size else MISSING}, {family_name(family)}, {variant} (seeds {seeds})"
+        out[title] = markdown_table(["network", "hidden layer", "live units, first masks", f"live units, last masks ({last_label})"], rows)
+    return out
+
+
 IQM_METRICS = {"final_score": "final normalised score", "late_score": "late normalised score"}
 
 
@@ -454,6 +494,17 @@ def run_record(run: Run) -> dict[str, Any]:
         "wall_seconds": math.nan if wall is None else float(wall), "code_version": run.summary.get("code_version"),
         "path": str(run.path),
     }
+
+
+def live_unit_item(runs: Sequence[Run], directory: Path) -> list[Item]:
+    tables = live_unit_tables(runs)
+    if not tables:
+        return []
+    _write_sections(directory / "live_units.md", "Hidden units the masks leave alive", tables)
+    return [Item("Tables", directory / "live_units.md",
+                 "Fraction of each sparse network's hidden units with at least one kept input and one kept output "
+                 "weight, with the first masks and with the last (mean over seeds): a dead unit is as if the layer "
+                 "were narrower, so Sparse-Reg at 95% is partly a smaller dense network (compare Table 2).")]
 
 
 def refresh_loss_item(runs: Sequence[Run], directory: Path) -> list[Item]:

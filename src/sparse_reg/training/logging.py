@@ -29,7 +29,7 @@ def tensorboard_tag(key: str) -> str:
     """``eval/return_mean``, ``time/wall_s``, ``train/<algorithm metric>`` (mask tags: ``mask/...``)."""
     group = "eval" if key in EVAL_KEYS else "time" if key in TIME_KEYS else "train"
     return f"{group}/{key}"
-MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed", "loss_before", "loss_after"]
+MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed", "live_units", "loss_before", "loss_after"]
 
 
 class RunLogger:
@@ -55,8 +55,9 @@ class RunLogger:
         self.tensorboard.flush()
 
     def log_masks(self, step: int, stats: dict) -> None:
-        """``stats``: network -> layer -> {"sparsity", "changed"} (floats); the network's "total" also
-        has "loss_before" and "loss_after" (its loss with the previous and the new mask)."""
+        """``stats``: network -> layer -> {"sparsity", "changed"} (floats), hidden layers also "live_units"
+        (fraction of their units with a kept input and a kept output); the network's "total" also has
+        "loss_before" and "loss_after" (its loss with the previous and the new mask)."""
         for network, layers in stats.items():
             for layer, values in layers.items():
                 _append_row(
