@@ -76,7 +76,7 @@ def _row(label: str, summary: dict) -> tuple[str, ...]:
 def results_markdown(rows: list[tuple[str, ...]], dataset: str, size: int, steps: int, wall: float) -> str:
     """The demo's table as Markdown, headed by what made it: command, commit, machine, date, wall time."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores"
+    machine = f"{_cpu_model()}, {os.cpu_count()} cores"
     lines = [
         f"`sparse-reg demo` ({dataset}, {size:,} training transitions, {steps:,} steps per run, seed 0) at "
         f"commit `{code_version()}`, {when}, {machine}; {format_duration(wall, 1)} for the four runs:",
@@ -86,6 +86,17 @@ def results_markdown(rows: list[tuple[str, ...]], dataset: str, size: int, steps
         *("| " + " | ".join(row) + " |" for row in rows),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def record_demo(demo_dir: Path, docs_dir: Path, readme: Path) -> Path:
