@@ -3,6 +3,7 @@
     taskset -c 0 python benchmarks/frozen_layout_probes.py per-network iql   # one network converted at a time
     taskset -c 0 python benchmarks/frozen_layout_probes.py ell               # padded ELL vs BCOO, real SNIP masks
     taskset -c 0 python benchmarks/frozen_layout_probes.py conversion        # state_to_sparse + state_to_dense time
+    taskset -c 0 python benchmarks/frozen_layout_probes.py live-units RUN    # bound for a live-units layout (issue 28)
 
 Both use IQL's real SNIP masks at 95% (synthetic HalfCheetah-shaped batch, as benchmarks/speed.py)
 and print ratios against the dense masked layout, median over interleaved rounds.
@@ -167,6 +168,65 @@ def conversion(max_density: float = 0.05) -> None:
             print(f"{algo}: to_sparse {middle - started:.3f} s, to_dense {time.perf_counter() - middle:.3f} s", flush=True)
 
 
+def live_units_bound(run: str, steps: int = 1000, rounds: int = 7) -> None:
+    """The most a live-units layout (issue 28: each layer cut to the units its masks leave alive, run as
+    dense matmuls) could gain for IQL: whole updates of a dense IQL whose hidden widths are the largest
+    live-unit counts over the networks of a trained sparse run (the layout's FLOPs, without its gathers,
+    scatters and Adam bookkeeping), against the masked 256-wide update and the dense 256-wide one.
+
+    RUN: a sparse IQL run directory (e.g. 8k steps on halfcheetah-expert-v0 5k, masks at 0/2k/4k/6k).
+    Writes benchmarks/results/live-units-bound-<cpu>.json."""
+    import json
+    import platform
+    import subprocess
+
+    from sparse_reg.sparsity import live_units
+    from sparse_reg.training.trainer import load_agent
+
+    agent = load_agent(run)
+    algorithm, trained = agent.algorithm, agent.state
+    counts = {}
+    for name in algorithm.losses:
+        alive = live_units(getattr(trained, name).mask)
+        counts[name] = {layer: (int(live), units) for layer, (live, units) in alive.items()}
+    # Twin critic heads are stacked: each head's live count is at most the layer's count over both heads,
+    # so the per-head width is bounded by the larger head; take the larger of the two head counts.
+    widths = []
+    for layer_index in range(2):
+        per_network = []
+        for name in algorithm.losses:
+            mask = getattr(trained, name).mask
+            kernels = [m for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+                       if str(path[-1].key) == "kernel" and f"Dense_{layer_index}" in str(path)]
+            nxt = [m for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+                   if str(path[-1].key) == "kernel" and f"Dense_{layer_index + 1}" in str(path)]
+            fed, read = np.any(np.asarray(kernels[0]) != 0, axis=-2), np.any(np.asarray(nxt[0]) != 0, axis=-1)
+            live = (fed & read).reshape(-1, fed.shape[-1]).sum(axis=-1)  # per head
+            per_network.append(int(live.max()))
+        widths.append(max(per_network))
+    data = synthetic_batch(10_000, jax.random.PRNGKey(1))
+    masked, key = initial_state(RunConfig(algo="iql", sparsity=0.95, steps=steps), OBS_DIM, ACTION_DIM, True)
+    masked = masked.replace(**{n: getattr(masked, n).replace(mask=getattr(trained, n).mask) for n in algorithm.losses})
+    dense, _ = initial_state(RunConfig(algo="iql", sparsity=0.0, steps=steps), OBS_DIM, ACTION_DIM, False)
+    narrow, _ = initial_state(RunConfig(algo="iql", sparsity=0.0, steps=steps, hidden_dims=tuple(widths)),
+                              OBS_DIM, ACTION_DIM, False)
+    run_chunk = make_chunk_runner(ALGORITHMS["iql"], 256)
+    times = interleaved_seconds({name: (lambda s=state: run_chunk(s, key, data, steps)) for name, state in
+                                 (("masked", masked), ("dense", dense), ("live_width_dense", narrow))}, rounds)
+    ratio = {name: round(statistics.median(m / x for m, x in zip(times["masked"], times[name])), 3) for name in times}
+    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    result = {"run": run, "step": agent.step, "live_units": counts, "live_width_dense_hidden_dims": widths,
+              "updates_per_s": {name: round(steps / min(ts), 1) for name, ts in times.items()},
+              "speedup_over_masked_median": ratio, "rounds": rounds, "steps_per_round": steps,
+              "commit": commit, "cpu": cpu, "load_average_at_end": load}
+    out = Path(__file__).parent / "results" / f"live-units-bound-{cpu.split()[0].lower()}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["per-network"]:
         per_network(sys.argv[2] if len(sys.argv) > 2 else "iql")
@@ -174,5 +234,7 @@ if __name__ == "__main__":
         ell()
     elif sys.argv[1:2] == ["conversion"]:
         conversion()
+    elif sys.argv[1:2] == ["live-units"] and len(sys.argv) > 2:
+        live_units_bound(sys.argv[2])
     else:
         sys.exit(__doc__)
