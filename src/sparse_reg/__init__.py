@@ -24,13 +24,17 @@ See ``examples/bc_flax.py`` and ``examples/iql_flax.py``.
 
 from .algorithms import ALGORITHMS, get_algorithm
 from .data import Dataset, DatasetError, load_dataset
+from .regularizer import SparseReg, SparseRegMisuseError
 from .sparsity import (
     MaskedUpdatesState,
+    Schedule,
     SparseRegConfig,
     apply_masks,
     dense_masks,
+    first_key,
     get_masks,
     is_weight_matrix,
+    masked_params,
     masked_updates,
     refresh_masks,
     set_masks,
@@ -50,14 +54,19 @@ __all__ = [
     "DatasetError",
     "MaskedUpdatesState",
     "RunConfig",
+    "Schedule",
+    "SparseReg",
     "SparseRegConfig",
+    "SparseRegMisuseError",
     "apply_masks",
     "dense_masks",
+    "first_key",
     "get_algorithm",
     "get_masks",
     "is_weight_matrix",
     "load_agent",
     "load_dataset",
+    "masked_params",
     "masked_updates",
     "refresh_masks",
     "set_masks",
