@@ -242,3 +242,17 @@ def test_resume_from_a_checkpoint_gives_the_same_masks():
     resumed = run(fresh, serialization.from_bytes(make_agent(fresh, seed=6)[0], halfway), batch, 25, 50)
     assert same(sparse.masks(straight), fresh.masks(resumed))
     assert same(straight.actor.params, resumed.actor.params)
+
+
+def test_the_core_never_imports_torch_and_sparse_reg_torch_names_its_extra():
+    import subprocess
+    import sys
+
+    core = "import sys, sparse_reg, sparse_reg.regularizer; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", core], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    without = "import sys; sys.modules['torch'] = None; import sparse_reg.torch"  # as if torch were not installed
+    result = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ImportError: sparse_reg.torch needs PyTorch: pip install 'sparse-reg[torch]'")
