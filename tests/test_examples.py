@@ -132,22 +132,52 @@ def test_iql_torch_example_resumes_to_the_same_masks(tmp_path):
     assert masks == 3 + 6 + 6 + 3
 
 
-def test_the_readme_own_agent_snippet_runs_and_freezes_pruned_weights():
+def readme_snippet(heading: str) -> str:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Sparse-Reg in your agent", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split(heading, 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert [n for n in range(1, 10) if f"# {n}." in snippet] == [1, 2, 3, 4, 5]  # the five marked lines
+    assert "range(20_000)" in snippet  # the test follows the README
+    return snippet.replace("range(20_000)", "range(3)")
+
+
+def test_the_readme_jax_snippet_runs_and_freezes_pruned_weights():
     import jax
     import numpy as np
 
     import sparse_reg as sr
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    snippet = readme.split("## Sparse-Reg in your own agent", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    assert snippet.count("# 1.") == snippet.count("# 5.") == 1  # the five marked lines
-    assert "range(20_000)" in snippet  # the test follows the README
     namespace: dict = {}
-    exec(compile(snippet.replace("range(20_000)", "range(3)"), "README.md", "exec"), namespace)  # every name defined
-    state, params = namespace["state"], namespace["params"]
+    exec(compile(readme_snippet("### JAX"), "README.md", "exec"), namespace)  # every name defined
+    state, params, sparse = namespace["state"], namespace["params"], namespace["sparse"]
     assert sr.weight_sparsity(state) == pytest.approx(0.95, abs=1e-4)
+    assert sparse.weight_sparsity(state) == {None: pytest.approx(0.95, abs=1e-4)}
     masks = sr.get_masks(state.opt_state)
     for before, after, mask in zip(*(jax.tree_util.tree_leaves(t) for t in (params, state.params, masks))):
         before, after, mask = np.asarray(before), np.asarray(after), np.asarray(mask)
         np.testing.assert_array_equal(after[mask == 0], before[mask == 0])  # frozen, not zeroed
         assert np.any(after[mask == 1] != before[mask == 1])
+
+
+@needs("torch")
+def test_the_readme_torch_snippet_runs_and_freezes_pruned_weights():
+    import torch
+
+    snippet = readme_snippet("### PyTorch")
+    before, after = snippet.split("for step in range(3):", 1)
+    namespace: dict = {}
+    exec(compile(before, "README.md", "exec"), namespace)
+    stored = {name: [p.detach().clone() for n, p in namespace[name].named_parameters() if n.endswith("original")]
+              for name in ("actor", "critic")}
+    exec(compile("for step in range(3):" + after, "README.md", "exec"), namespace)
+    sparse = namespace["sparse"]
+    assert sparse.weight_sparsity() == {"actor": pytest.approx(0.95, abs=1e-3), "critic": pytest.approx(0.95, abs=1e-3)}
+    for name in ("actor", "critic"):
+        now = [p for n, p in namespace[name].named_parameters() if n.endswith("original")]
+        for old, new, mask in zip(stored[name], now, sparse.masks()[name].values()):
+            assert torch.equal(new[mask == 0], old[mask == 0])  # frozen, not zeroed (Adam, AdamW)
+            assert torch.any(new[mask == 1] != old[mask == 1])
+    target = namespace["critic_target"]
+    for layer, mask in zip([m for m in target.modules() if isinstance(m, torch.nn.Linear)],
+                           sparse.masks()["critic"].values()):
+        assert torch.all(layer.weight[mask == 0] == 0)  # the target runs with the online mask
