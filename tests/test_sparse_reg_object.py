@@ -189,6 +189,23 @@ def test_per_head_topk_keeps_exactly_k_in_each_q_network():
         sr.SparseReg(LOSSES, per_head=["value"])
 
 
+def test_per_head_topk_over_a_stacked_ensemble_axis():
+    rng = np.random.default_rng(0)
+    scores = {"Dense_0": {"kernel": jnp.asarray(rng.random((2, 5, 8))), "bias": jnp.asarray(rng.random((2, 8)))},
+              "Dense_1": {"kernel": jnp.asarray(rng.random((2, 8, 1)) * 10)}}  # head 1's second layer dominates
+    masks = sr.topk_masks(scores, sparsity=0.75, group_of=sr.STACKED)
+    for h in range(2):
+        kept = float(masks["Dense_0"]["kernel"][h].sum() + masks["Dense_1"]["kernel"][h].sum())
+        assert kept == round(0.25 * 48)
+        expected = sr.topk_masks({"Dense_0": {"kernel": scores["Dense_0"]["kernel"][h]},
+                                  "Dense_1": {"kernel": scores["Dense_1"]["kernel"][h]}}, sparsity=0.75)
+        np.testing.assert_array_equal(np.asarray(masks["Dense_0"]["kernel"][h]), np.asarray(expected["Dense_0"]["kernel"]))
+    np.testing.assert_array_equal(np.asarray(masks["Dense_0"]["bias"]), 1.0)
+    with pytest.raises(ValueError, match="leading"):
+        sr.topk_masks({"a": {"kernel": jnp.ones((2, 3, 3))}, "b": {"kernel": jnp.ones((3, 3, 3))}}, sparsity=0.5,
+                      group_of=sr.STACKED)
+
+
 def test_debug_catches_a_forward_pass_without_masks():
     def leaky_actor_loss(agent, batch):  # the critic's target run with raw params: the dense network
         act = jnp.tanh(sr.SparseReg.apply(agent.actor, batch.obs))

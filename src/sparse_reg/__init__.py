@@ -26,6 +26,7 @@ from .algorithms import ALGORITHMS, get_algorithm
 from .data import Dataset, DatasetError, load_dataset
 from .regularizer import SparseReg, SparseRegMisuseError
 from .sparsity import (
+    STACKED,
     MaskedUpdatesState,
     Schedule,
     SparseRegConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "DatasetError",
     "MaskedUpdatesState",
     "RunConfig",
+    "STACKED",
     "Schedule",
     "SparseReg",
     "SparseRegConfig",

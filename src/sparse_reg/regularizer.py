@@ -80,8 +80,9 @@ class SparseReg:
     refreshes). ``schedule``: :class:`Schedule` (default: every 5k steps until 200k, as the
     paper; ``Schedule.at_init()`` is SFI). ``is_prunable(path, leaf)``: which leaves compete
     (default: weight matrices named ``kernel`` / ``w``). ``per_head``: names of networks
-    scored with one top-k per top-level submodule (e.g. a twin critic's two Q-networks); the
-    default is one global top-k per network, as the paper. ``debug=True`` checks after every
+    scored with one top-k per top-level submodule (e.g. a twin critic's two Q-networks), or
+    ``{name: sr.STACKED}`` for an ensemble stacked on a leading axis (``nn.vmap``), or
+    ``{name: group_of(path, leaf)}``; the default is one global top-k per network, as the paper. ``debug=True`` checks after every
     refresh that no loss reads a pruned weight (a forward pass without the masks: the
     target, a critic inside the actor's loss) and raises :class:`SparseRegMisuseError`.
     """

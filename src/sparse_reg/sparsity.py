@@ -236,8 +236,12 @@ def topk_masks(
     in flatten order, so exactly ``k`` are kept. Other leaves get all-ones masks.
 
     ``group_of(path, leaf) -> head`` makes one top-k per head instead (each head keeps its own
-    ``k``): e.g. :func:`first_key` for a twin critic whose two Q-networks are two submodules.
+    ``k``): e.g. :func:`first_key` for a twin critic whose two Q-networks are two submodules, or
+    ``STACKED`` for an ensemble stacked on a leading axis (``nn.vmap``): head ``h`` is entry ``h``
+    of that axis of every prunable leaf.
     """
+    if isinstance(group_of, str) and group_of == STACKED:
+        return _stacked_topk_masks(scores, sparsity, keep, is_prunable)
     if group_of is not None:
         return _grouped_topk_masks(scores, sparsity, keep, is_prunable, group_of)
     keep_fraction = _keep_fraction(sparsity, keep)
@@ -266,6 +270,25 @@ def topk_masks(
 def first_key(path: tuple, leaf: Any = None) -> Any:
     """The head of a leaf for per-head top-k: its top-level submodule (``MLP_0`` / ``MLP_1`` of a twin critic)."""
     return _key_name(path[0]) if path else None
+
+
+STACKED = "stacked"  # per-head top-k over the leading axis of every prunable leaf (a vmapped ensemble)
+
+
+def _stacked_topk_masks(scores, sparsity, keep, is_prunable) -> PyTree:
+    predicate = is_prunable or is_weight_matrix
+    named, treedef = jax.tree_util.tree_flatten_with_path(scores)
+    flags = [bool(predicate(path, leaf)) for path, leaf in named]
+    heads = {leaf.shape[0] for (_, leaf), f in zip(named, flags) if f}
+    if len(heads) != 1:
+        raise ValueError(f"per-head top-k over a stacked axis: every prunable leaf needs the same leading (head) axis, "
+                         f"got sizes {sorted(heads)}")
+    prunable = [leaf for (_, leaf), f in zip(named, flags) if f]
+    per_head = [topk_masks([leaf[h] for leaf in prunable], sparsity=sparsity, keep=keep,
+                           is_prunable=lambda path, leaf: True) for h in range(heads.pop())]
+    stacked = iter([jnp.stack(masks) for masks in zip(*per_head)])
+    return jax.tree_util.tree_unflatten(
+        treedef, [next(stacked) if f else jnp.ones(leaf.shape, jnp.float32) for (_, leaf), f in zip(named, flags)])
 
 
 def _grouped_topk_masks(scores, sparsity, keep, is_prunable, group_of: GroupOf) -> PyTree:
