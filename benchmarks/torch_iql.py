@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    commit = code_version()  # at the start: the code that runs, whatever is edited meanwhile
     steps, rounds = (20, 1) if args.quick else (200, 5)
     data = [torch.from_numpy(x) for x in iql_torch.synthetic_data(5000, 0)]
     runs = {"dense": make(0.0, data, 256), "sparse95": make(0.95, data, 256)}
@@ -80,7 +81,7 @@ def main() -> None:
         "benchmark": "torch IQL example (examples/iql_torch.py): dense vs Sparse-Reg 95%, updates/s",
         "host": socket.gethostname(),
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()) + " UTC",
-        "commit": code_version(),
+        "commit": commit,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "torch_threads": args.threads,

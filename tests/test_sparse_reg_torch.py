@@ -130,6 +130,7 @@ def test_pruned_weights_bit_identical_after_500_steps(make_opt):
         assert all(torch.equal(a, b) for a, b in zip(masks[name], masks_of(sparse, name)))  # frozen after until
 
 
+@pytest.mark.filterwarnings("ignore:Sparse-Reg. pruned weights moved")  # what the next test checks
 def test_masking_the_gradient_alone_lets_adam_move_pruned_weights():
     """Why optimizers are hooked: without the hook, the gradient of a pruned weight is zero, yet it moves."""
     for make_opt in (lambda p: torch.optim.Adam(p, lr=1e-3), lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01)):
@@ -140,6 +141,25 @@ def test_masking_the_gradient_alone_lets_adam_move_pruned_weights():
         before, masks = stored(critic), masks_of(sparse, "critic")
         train(sparse, actor, critic, target, actor_loss, critic_loss, opt_a, opt_c, 20, b, start=100)
         assert any(not torch.equal(new[m == 0], old[m == 0]) for old, new, m in zip(before, stored(critic), masks))
+
+
+def test_an_optimizer_sparse_reg_does_not_know_of_is_reported_at_the_next_refresh():
+    import warnings
+
+    sparse, actor, critic, target, actor_loss, critic_loss = agent(sparsity=0.9, schedule=Schedule(every=10, until=100))
+    opt_a = sparse.optimizer(torch.optim.Adam(actor.parameters(), lr=1e-3))
+    opt_c = torch.optim.AdamW(critic.parameters(), lr=1e-3, weight_decay=0.01)  # forgotten
+    b = batch(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(sparse, actor, critic, target, actor_loss, critic_loss, opt_a, opt_c, 10, b)  # the refresh at 0: silent
+    with pytest.warns(UserWarning, match="pruned weights moved.*critic/"):
+        sparse.maybe_refresh(10, b)
+    sparse.optimizer(opt_c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # from here on every optimiser is known: the refresh at 20 is silent
+        train(sparse, actor, critic, target, actor_loss, critic_loss, opt_a, opt_c, 1, b, start=10, refresh=False)
+        train(sparse, actor, critic, target, actor_loss, critic_loss, opt_a, opt_c, 11, b, start=11)
 
 
 def test_refresh_outside_the_schedule_changes_nothing_and_masks_change_at_scheduled_steps_only():

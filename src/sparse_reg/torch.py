@@ -34,6 +34,7 @@ try:
 except ImportError:  # pragma: no cover - exercised without torch installed
     raise ImportError("sparse_reg.torch needs PyTorch: pip install 'sparse-reg[torch]'") from None
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -181,6 +182,7 @@ class SparseReg:
                 self._share_masks(net_name, target)
         self.last_stats: dict | None = None
         self._hooked: set[int] = set()
+        self._at_refresh: dict[int, torch.Tensor] = {}  # stored weights at the last refresh (the drift check)
         for opt in optimizers:
             self.optimizer(opt)
 
@@ -259,6 +261,7 @@ class SparseReg:
         """New masks for every network now, whatever the step (each scored against the same agent)."""
         if self.sparsity == 0:
             return
+        self._check_frozen()
         new = {name: self.new_masks(name, batch) for name in self.networks}
         stats = {}
         for name, masks in new.items():
@@ -268,6 +271,17 @@ class SparseReg:
                 e.mask.copy_(m)
             stats[name] = {"sparsity": 1 - sum(float(m.sum()) for m in masks) / total, "changed": changed / total}
         self.last_stats = stats
+        self._at_refresh = {id(e): e.original.detach().clone() for es in self.entries.values() for e in es}
+
+    def _check_frozen(self) -> None:
+        """Warn if a pruned weight moved since the last refresh: an optimiser Sparse-Reg does not know of."""
+        moved = [f"{name}/{e.name}" for name, es in self.entries.items() for e in es if id(e) in self._at_refresh
+                 and not torch.equal(e.original[e.mask == 0], self._at_refresh[id(e)][e.mask == 0])]
+        if moved:
+            warnings.warn(f"Sparse-Reg: pruned weights moved since the last mask refresh ({', '.join(moved[:3])}"
+                          f"{', ...' if len(moved) > 3 else ''}): give every optimiser that steps these networks to "
+                          "SparseReg(optimizers=[...]) or sparse.optimizer(opt), or the pruned weights are not frozen",
+                          stacklevel=3)
 
     # ------------------------------------------------------------------ reading and saving
 
@@ -292,3 +306,4 @@ class SparseReg:
         for name, entries in self.entries.items():
             for e in entries:
                 e.mask.copy_(state["masks"][name][e.name])
+        self._at_refresh = {}  # the weights are probably being loaded too: nothing to compare with
