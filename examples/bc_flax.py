@@ -1,8 +1,9 @@
 """Behaviour cloning as you would write it yourself (Flax + optax + TrainState), plus Sparse-Reg.
 
 Nothing here uses sparse-reg's own trainer or networks. The five lines that add Sparse-Reg
-are marked ``# Sparse-Reg (i/5)``; delete them (and pass ``--sparsity 0``) and this is
-plain dense BC.
+are marked ``# Sparse-Reg (i/5)``: one ``sr.SparseReg`` object holds the sparsity, the
+schedule and the loss it scores the policy with; delete them (and pass ``--sparsity 0``)
+and this is plain dense BC.
 
     python examples/bc_flax.py --steps 2000                    # synthetic expert data, 5k transitions
     python examples/bc_flax.py --sparsity 0 --steps 2000       # the dense baseline
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import partial
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-import sparse_reg as sr
+import sparse_reg as sr  # Sparse-Reg (1/5)
 
 
 class Policy(nn.Module):
@@ -48,30 +48,21 @@ def synthetic_expert_data(size: int, seed: int, obs_dim: int = 11, action_dim: i
     return obs, np.clip(actions, -1.0, 1.0).astype(np.float32)
 
 
-def bc_loss(params, apply_fn, obs, actions):
-    return jnp.mean((apply_fn({"params": params}, obs) - actions) ** 2)
+def bc_loss(state: TrainState, batch):
+    obs, actions = batch
+    params = sr.masked_params(state)  # Sparse-Reg (2/5): forward pass with θ ⊙ m (= sparse.params(state))
+    return jnp.mean((state.apply_fn({"params": params}, obs) - actions) ** 2)
 
 
 @jax.jit
 def train_step(state: TrainState, obs, actions):
-    def loss_of_params(params):
-        params = sr.apply_masks(params, sr.get_masks(state.opt_state))  # Sparse-Reg (2/5): forward pass with θ ⊙ m
-        return bc_loss(params, state.apply_fn, obs, actions)
-
-    loss, grads = jax.value_and_grad(loss_of_params)(state.params)
+    loss, grads = jax.value_and_grad(lambda p: bc_loss(state.replace(params=p), (obs, actions)))(state.params)
     return state.apply_gradients(grads=grads), loss
-
-
-@partial(jax.jit, static_argnames="sparsity")
-def refresh(state: TrainState, obs, actions, sparsity: float):
-    # SNIP on the full network (raw params: weights pruned so far can come back), global top-k.
-    masks = sr.snip_masks(lambda p: bc_loss(p, state.apply_fn, obs, actions), state.params, sparsity=sparsity)  # Sparse-Reg (4/5)
-    return state.replace(opt_state=sr.set_masks(state.opt_state, masks))  # Sparse-Reg (5/5): frozen, not zeroed
 
 
 @jax.jit
 def validation_mse(state: TrainState, obs, actions):
-    return bc_loss(sr.apply_masks(state.params, sr.get_masks(state.opt_state)), state.apply_fn, obs, actions)
+    return bc_loss(state, (obs, actions))
 
 
 def main(argv=None) -> dict:
@@ -107,14 +98,15 @@ def main(argv=None) -> dict:
 
     policy = Policy(actions.shape[1], args.hidden)
     params = policy.init(jax.random.PRNGKey(args.seed), train_obs[:1])["params"]
-    tx = sr.masked_updates(optax.adam(args.lr))  # Sparse-Reg (1/5): pruned weights get no update, no Adam drift
+    sparse = sr.SparseReg(bc_loss, sparsity=args.sparsity, schedule=sr.Schedule(args.mask_interval, mask_until))  # Sparse-Reg (3/5)
+    tx = sparse.tx(optax.adam(args.lr))  # Sparse-Reg (4/5): pruned weights get no update, no Adam drift, no decay
     state = TrainState.create(apply_fn=policy.apply, params=params, tx=tx)
 
     losses, start = [], time.time()
     for step in range(args.steps):
         batch = rng.integers(0, len(train_idx), args.batch_size)
-        if args.sparsity > 0 and (step == 0 or (step % args.mask_interval == 0 and step < mask_until)):  # Sparse-Reg (3/5)
-            state = refresh(state, train_obs[batch], train_actions[batch], args.sparsity)
+        state = sparse.maybe_refresh(step, state, (train_obs[batch], train_actions[batch]))  # Sparse-Reg (5/5): when due
+        if sparse.due(step):
             print(f"step {step:>6}: masks refreshed, {sr.weight_sparsity(state):.1%} of weights masked")
         state, loss = train_step(state, train_obs[batch], train_actions[batch])
         losses.append(float(loss))

@@ -3,7 +3,9 @@
 An actor, a twin critic with a target copy and a value network, each a Flax ``TrainState``
 in one ``flax.struct`` agent; each trained with its own loss, and each sparsified with that
 same loss (SNIP on the full network, global top-k). The lines that add Sparse-Reg are
-marked ``# Sparse-Reg (i/5)``; the target critic runs with the online critic's mask.
+marked ``# Sparse-Reg (i/5)``: one ``sr.SparseReg`` object per agent holds the sparsity, the
+schedule and the losses; the target critic runs with the online critic's mask. The PyTorch
+twin of this file is ``examples/iql_torch.py``.
 
     python examples/iql_flax.py --steps 3000                     # synthetic control task, 5k transitions
     python examples/iql_flax.py --sparsity 0 --steps 3000        # the dense baseline
@@ -30,7 +32,7 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
-import sparse_reg as sr
+import sparse_reg as sr  # Sparse-Reg (1/5)
 
 DISCOUNT, TAU, EXPECTILE, BETA, MAX_WEIGHT = 0.99, 0.005, 0.7, 3.0, 100.0
 
@@ -97,7 +99,7 @@ class Batch(NamedTuple):
 
 def run(net: TrainState, *inputs, target: bool = False):
     params = net.target_params if target else net.params
-    params = sr.apply_masks(params, sr.get_masks(net.opt_state))  # Sparse-Reg (2/5): θ ⊙ m, the target with the online mask
+    params = sr.masked_params(net, params)  # Sparse-Reg (2/5): θ ⊙ m, the target with the online mask (= sparse.params)
     return net.apply_fn({"params": params}, *inputs)
 
 
@@ -151,10 +153,10 @@ def update(agent: Agent, batch: Batch):
     return agent, {"actor": actor_l, "critic": critic_l, "value": value_l}
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))  # initialising under jit is much faster than op by op
-def create_agent(obs_dim: int, action_dim: int, hidden: int, lr: float, seed: int) -> Agent:
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))  # initialising under jit is much faster than op by op
+def create_agent(sparse: sr.SparseReg, obs_dim: int, action_dim: int, hidden: int, lr: float, seed: int) -> Agent:
     def optimizer():
-        return sr.masked_updates(optax.adam(lr))  # Sparse-Reg (1/5): pruned weights get no update, no Adam drift
+        return sparse.tx(optax.adam(lr))  # Sparse-Reg (3/5): pruned weights get no update, no Adam drift
 
     obs, action = jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim))
     k_actor, k_critic, k_value = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -261,22 +263,20 @@ def main(argv=None) -> dict:
     print(f"IQL on {source} data: {n} transitions, obs {obs_dim}, actions {action_dim}; sparsity "
           f"{args.sparsity:.0%} per network, masks every {args.mask_interval} steps while step < {mask_until}")
 
-    agent = create_agent(obs_dim, action_dim, args.hidden, args.lr, args.seed)
-    schedule = sr.SparseRegConfig(args.sparsity, args.mask_interval, mask_until)  # Sparse-Reg (3/5)
-    refresh = jax.jit(lambda agent, batch, key: sr.refresh_masks(agent, LOSSES, batch, key, schedule))  # Sparse-Reg (4/5)
+    sparse = sr.SparseReg(LOSSES, sparsity=args.sparsity, schedule=sr.Schedule(args.mask_interval, mask_until))  # Sparse-Reg (4/5)
+    agent = create_agent(sparse, obs_dim, action_dim, args.hidden, args.lr, args.seed)
 
-    rng, key = np.random.default_rng(args.seed), jax.random.PRNGKey(args.seed)
+    rng = np.random.default_rng(args.seed)
     mse_before = float(action_mse(agent, data.obs, data.actions))
     history, start = {name: [] for name in LOSSES}, time.time()
     for step in range(args.steps):
         idx = rng.integers(0, n, args.batch_size)
         batch = Batch(*(x[idx] for x in data))
-        if schedule.refresh_due(step):
-            key, score_key = jax.random.split(key)
-            agent, stats = refresh(agent, batch, score_key)  # Sparse-Reg (5/5): every network scored with its own loss
+        agent = sparse.maybe_refresh(step, agent, batch)  # Sparse-Reg (5/5): each network scored with its own loss, when due
+        if sparse.due(step):
             print(f"step {step:>6}: masks refreshed, masked " + ", ".join(
                 f"{name} {float(s['total']['sparsity']):.1%} ({float(s['total']['changed']):.0%} changed)"
-                for name, s in stats.items()))
+                for name, s in sparse.last_stats.items()))
         agent, losses = update(agent, batch)
         for name, value in losses.items():
             history[name].append(float(value))
@@ -284,7 +284,7 @@ def main(argv=None) -> dict:
             line = ", ".join(f"{name} loss {np.mean(h[-50:]):.4f}" for name, h in history.items())
             print(f"step {step + 1:>6}: {line}" + ("" if args.dataset else f", return {evaluate(agent):.1f}"))
 
-    result = {"sparsity": {name: sr.weight_sparsity(getattr(agent, name)) for name in LOSSES}}
+    result = {"sparsity": sparse.weight_sparsity(agent)}
     print("masked: " + ", ".join(f"{name} {s:.1%} of weights" for name, s in result["sparsity"].items())
           + " (biases and log-std dense)")
     for name, h in history.items():

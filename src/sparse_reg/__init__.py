@@ -12,25 +12,33 @@ Quick start::
 
 ``sparsity=0`` trains the dense baseline; everything else is the same.
 
-Sparse-Reg in an agent of your own (any params pytree, any optax optimiser)::
+Sparse-Reg in an agent of your own (Flax TrainStates, any optax optimiser), one object per agent::
 
-    tx = sr.masked_updates(optax.adam(3e-4))                      # pruned weights get no update
-    masks = sr.snip_masks(lambda p: loss_fn(p, batch), params, sparsity=0.95)   # score the full network
-    opt_state = sr.set_masks(opt_state, masks)                    # install (refresh) the masks
-    loss = loss_fn(sr.apply_masks(params, sr.get_masks(opt_state)), batch)      # forward pass with θ ⊙ m
+    sparse = sr.SparseReg({"actor": actor_loss, "critic": critic_loss}, sparsity=0.95,
+                          schedule=sr.Schedule(every=5_000, until=200_000))
+    tx = sparse.tx(optax.adam(3e-4))                              # each network's optimiser: pruned weights frozen
+    q = sparse.apply(agent.critic, obs, act)                      # every forward pass with θ ⊙ m
+    agent = sparse.maybe_refresh(step, agent, batch)              # new masks only when the schedule says so
 
-See ``examples/bc_flax.py`` and ``examples/iql_flax.py``.
+Underneath, the functional layer on any params pytree: ``snip_masks``, ``topk_masks``,
+``apply_masks``, ``masked_updates`` with ``get_masks`` / ``set_masks``, ``refresh_masks``.
+PyTorch: ``sparse_reg.torch.SparseReg`` (the ``torch`` extra). See ``examples/``.
 """
 
 from .algorithms import ALGORITHMS, get_algorithm
 from .data import Dataset, DatasetError, load_dataset
+from .regularizer import SparseReg, SparseRegMisuseError
 from .sparsity import (
+    STACKED,
     MaskedUpdatesState,
+    Schedule,
     SparseRegConfig,
     apply_masks,
     dense_masks,
+    first_key,
     get_masks,
     is_weight_matrix,
+    masked_params,
     masked_updates,
     refresh_masks,
     set_masks,
@@ -50,14 +58,20 @@ __all__ = [
     "DatasetError",
     "MaskedUpdatesState",
     "RunConfig",
+    "STACKED",
+    "Schedule",
+    "SparseReg",
     "SparseRegConfig",
+    "SparseRegMisuseError",
     "apply_masks",
     "dense_masks",
+    "first_key",
     "get_algorithm",
     "get_masks",
     "is_weight_matrix",
     "load_agent",
     "load_dataset",
+    "masked_params",
     "masked_updates",
     "refresh_masks",
     "set_masks",

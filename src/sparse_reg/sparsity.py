@@ -50,6 +50,47 @@ LossFn = Callable[..., tuple[jax.Array, Any]]  # (state, batch, key) -> (loss, a
 Prunable = Callable[[tuple, Any], bool]  # (pytree path, leaf) -> whether the leaf's entries compete for the top-k
 
 AUTO_SMALL_DATA_LIMIT = 25_000  # the paper: 95% sparse at 5k-10k samples, 75% at 50k-100k
+GroupOf = Callable[[tuple, Any], Any]  # (pytree path, leaf) -> the head a prunable leaf belongs to
+
+
+def _refresh_due(step: int, every: int, until: int) -> bool:
+    return step == 0 or (step % every == 0 and step < until)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When masks are (re)computed: at step 0, then every ``every`` steps while ``step < until``.
+
+    The paper's schedule is ``Schedule(every=5_000, until=200_000)`` (the default); after the last
+    refresh the masks never change. ``Schedule.at_init()`` is SFI: one mask at step 0, never again.
+    """
+
+    every: int = 5_000
+    until: int = 200_000
+
+    def __post_init__(self):
+        if self.every <= 0:
+            raise ValueError(f"Schedule: every must be positive, got {self.every}")
+        if self.until < 0:
+            raise ValueError(f"Schedule: until must be >= 0, got {self.until}")
+
+    @classmethod
+    def at_init(cls) -> "Schedule":
+        """SFI: masks computed once, before the first update, and frozen."""
+        return cls(every=1, until=0)
+
+    def due(self, step: int) -> bool:
+        """Whether masks are (re)computed before update ``step`` (counting from 0)."""
+        return _refresh_due(int(step), self.every, self.until)
+
+    @property
+    def last_refresh(self) -> int:
+        """The step of the last refresh; from there on the masks never change."""
+        return (self.until - 1) // self.every * self.every if self.until > 0 else 0
+
+    def steps(self, total: int) -> list[int]:
+        """Every refresh step before update ``total``."""
+        return [step for step in range(0, min(total, self.last_refresh + 1), self.every) if self.due(step)]
 
 
 @dataclass(frozen=True)
@@ -79,7 +120,11 @@ class SparseRegConfig:
         """Whether masks are (re)computed before training step ``step``."""
         if not self.enabled:
             return False
-        return step == 0 or (step % self.interval == 0 and step < self.until)
+        return _refresh_due(step, self.interval, self.until)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.interval, self.until)
 
     @property
     def last_refresh(self) -> int:
@@ -205,6 +250,7 @@ def topk_masks(
     sparsity: float | None = None,
     keep: float | None = None,
     is_prunable: Prunable | None = None,
+    group_of: GroupOf | None = None,
 ) -> PyTree:
     """0/1 float32 masks keeping the ``k`` highest-scoring prunable entries, globally.
 
@@ -213,7 +259,16 @@ def topk_masks(
     (default :func:`is_weight_matrix`; ``is_prunable(path, leaf) -> bool`` overrides); the
     top-k is over all of them together, not per layer. Ties go to the entry that comes first
     in flatten order, so exactly ``k`` are kept. Other leaves get all-ones masks.
+
+    ``group_of(path, leaf) -> head`` makes one top-k per head instead (each head keeps its own
+    ``k``): e.g. :func:`first_key` for a twin critic whose two Q-networks are two submodules, or
+    ``STACKED`` for an ensemble stacked on a leading axis (``nn.vmap``): head ``h`` is entry ``h``
+    of that axis of every prunable leaf.
     """
+    if isinstance(group_of, str) and group_of == STACKED:
+        return _stacked_topk_masks(scores, sparsity, keep, is_prunable)
+    if group_of is not None:
+        return _grouped_topk_masks(scores, sparsity, keep, is_prunable, group_of)
     keep_fraction = _keep_fraction(sparsity, keep)
     leaves, treedef = jax.tree_util.tree_flatten(scores)
     prunable = _prunable_flags(scores, is_prunable)
@@ -237,19 +292,58 @@ def topk_masks(
     return jax.tree_util.tree_unflatten(treedef, masks)
 
 
+def first_key(path: tuple, leaf: Any = None) -> Any:
+    """The head of a leaf for per-head top-k: its top-level submodule (``MLP_0`` / ``MLP_1`` of a twin critic)."""
+    return _key_name(path[0]) if path else None
+
+
+STACKED = "stacked"  # per-head top-k over the leading axis of every prunable leaf (a vmapped ensemble)
+
+
+def _stacked_topk_masks(scores, sparsity, keep, is_prunable) -> PyTree:
+    predicate = is_prunable or is_weight_matrix
+    named, treedef = jax.tree_util.tree_flatten_with_path(scores)
+    flags = [bool(predicate(path, leaf)) for path, leaf in named]
+    heads = {leaf.shape[0] for (_, leaf), f in zip(named, flags) if f}
+    if len(heads) != 1:
+        raise ValueError(f"per-head top-k over a stacked axis: every prunable leaf needs the same leading (head) axis, "
+                         f"got sizes {sorted(heads)}")
+    prunable = [leaf for (_, leaf), f in zip(named, flags) if f]
+    per_head = [topk_masks([leaf[h] for leaf in prunable], sparsity=sparsity, keep=keep,
+                           is_prunable=lambda path, leaf: True) for h in range(heads.pop())]
+    stacked = iter([jnp.stack(masks) for masks in zip(*per_head)])
+    return jax.tree_util.tree_unflatten(
+        treedef, [next(stacked) if f else jnp.ones(leaf.shape, jnp.float32) for (_, leaf), f in zip(named, flags)])
+
+
+def _grouped_topk_masks(scores, sparsity, keep, is_prunable, group_of: GroupOf) -> PyTree:
+    predicate = is_prunable or is_weight_matrix
+    named = jax.tree_util.tree_flatten_with_path(scores)[0]
+    heads = list(dict.fromkeys(group_of(path, leaf) for path, leaf in named if predicate(path, leaf)))
+    masks = None
+    for head in heads:  # each call keeps its head's top-k and gives every other leaf all ones
+        in_head = lambda path, leaf, head=head: predicate(path, leaf) and group_of(path, leaf) == head  # noqa: E731
+        head_masks = topk_masks(scores, sparsity=sparsity, keep=keep, is_prunable=in_head)
+        masks = head_masks if masks is None else jax.tree_util.tree_map(jnp.multiply, masks, head_masks)
+    if masks is None:
+        return topk_masks(scores, sparsity=sparsity, keep=keep, is_prunable=is_prunable)  # its clear error
+    return masks
+
+
 def snip_masks(
     loss_of_params: Callable[[PyTree], jax.Array],
     params: PyTree,
     *,
     sparsity: float,
     is_prunable: Prunable | None = None,
+    group_of: GroupOf | None = None,
 ) -> PyTree:
     """SNIP scores of the full network, then global top-k masks, in one call.
 
     ``loss_of_params(params) -> scalar`` must run the network *unmasked* (pass the raw
     params, not ``apply_masks(params, masks)``), so weights pruned so far can come back.
     """
-    return topk_masks(snip_scores(loss_of_params, params), sparsity=sparsity, is_prunable=is_prunable)
+    return topk_masks(snip_scores(loss_of_params, params), sparsity=sparsity, is_prunable=is_prunable, group_of=group_of)
 
 
 def dense_masks(params: PyTree) -> PyTree:
@@ -260,6 +354,12 @@ def dense_masks(params: PyTree) -> PyTree:
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """θ ⊙ m, leaf by leaf, in the params' dtype: use it in the forward pass of a network and of its target copy."""
     return jax.tree_util.tree_map(lambda p, m: p * jnp.asarray(m, jnp.result_type(p)), params, masks)
+
+
+def masked_params(net: Any, params: PyTree | None = None) -> PyTree:
+    """θ ⊙ m for a train state whose optimiser is :func:`masked_updates`: its params, or ``params``
+    (e.g. its target copy, which runs with the online network's mask) masked with its masks."""
+    return apply_masks(net.params if params is None else params, get_masks(net.opt_state))
 
 
 # --------------------------------------------------------------------------------------
@@ -393,6 +493,11 @@ def _with_mask(net: Any, mask: PyTree | None) -> Any:
     return net.replace(opt_state=set_masks(net.opt_state, dense_masks(net.params) if mask is None else mask))
 
 
+def loss_value(out: Any) -> jax.Array:
+    """The scalar of a loss that returns ``loss`` or ``(loss, aux)``."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def network_masks(
     loss_fn: LossFn,
     state: Any,
@@ -402,6 +507,7 @@ def network_masks(
     *,
     sparsity: float,
     is_prunable: Prunable | None = None,
+    group_of: GroupOf | None = None,
     scorer: str = "snip",
 ) -> PyTree:
     """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones
@@ -411,13 +517,13 @@ def network_masks(
     dense_net = _with_mask(net, None)
 
     def loss_of_params(params):
-        return loss_fn(_with_network(state, name, dense_net.replace(params=params)), batch, key)[0]
+        return loss_value(loss_fn(_with_network(state, name, dense_net.replace(params=params)), batch, key))
 
     if scorer == "snip":
-        return snip_masks(loss_of_params, dense_net.params, sparsity=sparsity, is_prunable=is_prunable)
+        return snip_masks(loss_of_params, dense_net.params, sparsity=sparsity, is_prunable=is_prunable, group_of=group_of)
     grads = jax.grad(loss_of_params)(dense_net.params)
     scores = MASK_SCORERS[scorer](dense_net.params, grads, jax.random.fold_in(key, 1))
-    return topk_masks(scores, sparsity=sparsity, is_prunable=is_prunable)
+    return topk_masks(scores, sparsity=sparsity, is_prunable=is_prunable, group_of=group_of)
 
 
 def refresh_masks(
@@ -428,15 +534,20 @@ def refresh_masks(
     config: SparseRegConfig,
     *,
     is_prunable: Prunable | None = None,
+    group_of: Mapping[Any, GroupOf] | None = None,
 ) -> tuple[Any, dict]:
-    """New masks for every network in ``losses``; returns the state and per-layer statistics.
+    """New masks for every network in ``losses``; returns ``(state, stats)``: the state and per-layer statistics.
+
+    It refreshes whenever it is called: ``config.interval`` and ``config.until`` are not
+    consulted here (call it when ``config.refresh_due(step)``, or use :class:`sparse_reg.SparseReg`,
+    whose ``maybe_refresh(step, ...)`` keeps the schedule).
 
     ``state`` holds the networks: a ``flax.struct.PyTreeNode`` (or anything with attribute
     access and ``.replace``) or a dict, with one entry per name in ``losses``. Each network is
     a :class:`MaskedNet`, or a train state with ``params`` and ``opt_state`` (e.g. Flax's
     ``TrainState``) whose optimiser is wrapped in :func:`masked_updates`; its masks are read
     and written with :func:`get_masks` / :func:`set_masks`. ``losses[name](state, batch, key)
-    -> (loss, aux)`` must run that network with its current masks (``apply_masks(params,
+    -> (loss, aux)`` (or just ``loss``) must run that network with its current masks (``apply_masks(params,
     get_masks(opt_state))`` for a TrainState), so that scoring with the masks set to all ones
     scores the full network. ``state`` may also be one such TrainState, with ``losses`` a
     single loss ``(train_state, batch, key) -> (loss, aux)``; the statistics then have the key
@@ -448,6 +559,8 @@ def refresh_masks(
 
     Every network is scored against the same state (all other masks as they were), so the
     result does not depend on the order in which networks are listed.
+
+    ``group_of[name]``: per-head top-k for that network (see :func:`topk_masks`).
     """
     if callable(losses) and not isinstance(losses, Mapping):
         losses = {None: losses}
@@ -455,9 +568,8 @@ def refresh_masks(
         raise ValueError("refresh_masks: losses is empty; give one loss per network to sparsify")
     keys = jax.random.split(key, len(losses))
     new_masks = {
-        name: network_masks(
-            loss_fn, state, name, batch, subkey, sparsity=config.sparsity, is_prunable=is_prunable, scorer=config.scorer
-        )
+        name: network_masks(loss_fn, state, name, batch, subkey, sparsity=config.sparsity, is_prunable=is_prunable,
+                            group_of=(group_of or {}).get(name), scorer=config.scorer)
         for subkey, (name, loss_fn) in zip(keys, losses.items())
     }
     stats = {
@@ -468,8 +580,8 @@ def refresh_masks(
     # How much the refresh moves each network's loss on the scoring batch: reviving frozen weights
     # at their old values and dropping trained ones can change the function a lot.
     for subkey, (name, loss_fn) in zip(keys, losses.items()):
-        stats[name]["total"]["loss_before"] = loss_fn(state, batch, subkey)[0]
-        stats[name]["total"]["loss_after"] = loss_fn(_with_network(state, name, refreshed[name]), batch, subkey)[0]
+        stats[name]["total"]["loss_before"] = loss_value(loss_fn(state, batch, subkey))
+        stats[name]["total"]["loss_after"] = loss_value(loss_fn(_with_network(state, name, refreshed[name]), batch, subkey))
     for name, net in refreshed.items():
         state = _with_network(state, name, net)
     return state, stats

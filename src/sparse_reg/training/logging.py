@@ -14,11 +14,19 @@ import json
 import math
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
-
 from .run_directory import MASKS_FILE, METRICS_FILE, TENSORBOARD_DIR, atomic_write
 
 __all__ = ["MASKS_FILE", "METRICS_FILE", "RunLogger", "read_rows", "tensorboard_tag"]
+
+SummaryWriter = None  # tensorboardX's, imported when the first run logs (tests may put their own here)
+
+
+def _tensorboard_writer():
+    # Not at import: tensorboardX imports torch whenever torch is installed, and `import sparse_reg` must not.
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+
 
 # TensorBoard groups tags by their prefix: evaluation results, training losses, mask statistics, time.
 EVAL_KEYS = ("return_mean", "return_std", "normalized_score", "train_mse", "validation_mse")
@@ -40,7 +48,8 @@ class RunLogger:
             # mask refresh at that step happens after it and will be redone.
             _keep_rows(directory / METRICS_FILE, lambda step: step <= resume_step)
             _keep_rows(directory / MASKS_FILE, lambda step: step < resume_step)
-        self.tensorboard = SummaryWriter(str(directory / TENSORBOARD_DIR), purge_step=resume_step)
+        writer = SummaryWriter or _tensorboard_writer()
+        self.tensorboard = writer(str(directory / TENSORBOARD_DIR), purge_step=resume_step)
         if config is not None and resume_step is None:
             # Markdown code block: TensorBoard's text plugin renders it verbatim.
             text = "\n".join("    " + line for line in json.dumps(config, indent=2).splitlines())
