@@ -15,7 +15,7 @@ from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparse_layout import FROZEN_LAYOUTS
 from ..sparsity import SparseRegConfig, resolve_sparsity
-from .run_directory import CONFIG_FILE
+from .run_directory import CONFIG_FILE, RunFileError, read_json
 
 SUBSAMPLE_MODES = ("trajectories", "first")
 # Whole numbers, also given as counts ("10k", "1M") from a TOML file or the Python API.
@@ -164,11 +164,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
-        return cls.from_dict(json.loads(path.read_text()))
+        """The config in the JSON file ``path``: ``RunFileError`` (a ValueError) naming the file if it is
+        not a config, ``OSError`` if it cannot be read."""
+        content = read_json(path)
+        if not isinstance(content, dict):
+            raise RunFileError(f"{path} is damaged: not a JSON object")
+        try:
+            return cls.from_dict(content)
+        except (ValueError, TypeError) as error:
+            raise RunFileError(f"{path} does not describe a run: {error}") from None
 
     @classmethod
     def of_run(cls, directory: str | Path) -> "RunConfig":
-        """The config a run directory records (OSError, ValueError or TypeError if it cannot be read)."""
+        """The config a run directory records (OSError or ValueError naming the file if it cannot be read)."""
         return cls.load(Path(directory) / CONFIG_FILE)
 
 
