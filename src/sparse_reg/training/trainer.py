@@ -438,6 +438,7 @@ def start_runs(
         runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
     config, lead = configs[0], runs[0].data
     sparse = config.sparse_reg_config(len(lead.train))
+    warn_about_data(lead.train, config)
     evaluator = RolloutEvaluator(lead.env_id, config.eval_episodes * len(runs))
     if (evaluator.obs_dim, evaluator.action_dim) != (lead.train.obs_dim, lead.train.action_dim):
         evaluator.close()
@@ -540,7 +541,7 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
     seeds = ", ".join(str(r.config.seed) for r in runs)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {seeds}")
-    started, last_return = time.time(), None
+    started, last_return, cut_warned = time.time(), None, False
     try:
         while step < config.steps:
             if sparse.refresh_due(step):
@@ -549,6 +550,9 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                 stats = jax.device_get(stats)
                 for i, r in enumerate(runs):
                     r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
+                if not cut_warned:
+                    cut_warned = True  # once: later refreshes keep as many weights
+                    warn_about_cut_networks(jax.tree_util.tree_map(float, lanes.index(stats, 0)), sparse.sparsity, step)
             end = min(step + chunk - step % chunk, config.steps)
             fast = kept_values and step >= sparse.last_refresh
             if fast:
@@ -663,6 +667,37 @@ def warn_about_actions(dataset: Dataset) -> None:
             "by the environment's action bound) before training",
             stacklevel=3,
         )
+
+
+def warn_about_data(train: Dataset, config: RunConfig) -> None:
+    """Say so once when the training data cannot teach what the run expects of it."""
+    batch_size = config.algorithm_config().batch_size
+    if len(train) < batch_size:
+        warnings.warn(
+            f"dataset '{train.name}': {len(train)} training transitions, fewer than one batch ({batch_size}): "
+            "every batch repeats them; use more data (--size) or a smaller batch (--set batch_size=...)",
+            stacklevel=4,
+        )
+    if not config.algo.startswith("bc") and not np.any(train.rewards):
+        warnings.warn(
+            f"dataset '{train.name}': every reward of the training data is 0, so {config.algo}'s critic learns "
+            "nothing (values are all 0); check the data, or train bc, which does not use rewards",
+            stacklevel=4,
+        )
+
+
+def warn_about_cut_networks(stats: dict, sparsity: float, step: int) -> None:
+    """A mask that keeps no weight of some layer cuts the network: its output no longer depends on
+    its input (e.g. a constant policy). ``stats``: one run's refresh statistics."""
+    for network, layers in stats.items():
+        cut = [layer for layer, values in layers.items() if layer != "total" and values["sparsity"] >= 1.0]
+        if cut:
+            warnings.warn(
+                f"sparsity {sparsity:g}: the mask of step {step:,} keeps no weight of {network} layer(s) "
+                f"{', '.join(cut)}, so the {network}'s output does not depend on its input (a constant "
+                "policy or value); use a lower --sparsity or wider --hidden-dims",
+                stacklevel=4,
+            )
 
 
 def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
