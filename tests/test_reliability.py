@@ -334,3 +334,43 @@ def test_data_and_masks_that_cannot_train_the_run_are_warned_about(tmp_path, hop
     assert "fewer than one batch (256)" in messages
     assert "every reward of the training data is 0" in messages
     assert "keeps no weight of actor layer(s)" in messages and "keeps no weight of critic" in messages
+
+
+# ----------------------------------------------------------------------------- 7. first contact
+
+
+def test_help_lists_the_set_keys_and_explains_its_terms(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
+    assert "Keys: bc: learning_rate, batch_size; td3bc: actor_learning_rate" in text
+    assert "iql: actor_learning_rate" in text and "expectile, beta" in text
+    assert "the paper's 'SFI' runs; runs with refreshes are its 'SPU', periodic updates" in text
+    assert "each layer stored as the values its mask keeps" in text
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "scan unroll" not in readme
+    first_iqm = readme.index("IQM")
+    assert "interquartile mean" in readme[first_iqm - 300:first_iqm + 300]
+
+
+def test_an_export_without_flatbuffers_says_what_to_install(runs, tmp_path, capsys, monkeypatch):
+    import jax
+
+    code, err = cli(capsys, "export-policy", runs["finished"], "--out", tmp_path / "p.jaxexport")
+    assert code == 0, err
+    real_serialize = jax.export.Exported.serialize
+
+    def without_flatbuffers(self, *args, **kwargs):  # what jax raises where flatbuffers is not installed
+        raise ModuleNotFoundError("No module named 'flatbuffers'", name="flatbuffers")
+
+    monkeypatch.setattr(jax.export.Exported, "serialize", without_flatbuffers)
+    code, err = cli(capsys, "export-policy", runs["finished"], "--out", tmp_path / "q.jaxexport")
+    one_line_error(code, err, "pip install flatbuffers")
+    monkeypatch.setattr(jax.export.Exported, "serialize", real_serialize)
+    main(["export-policy", str(runs["finished"]), "--out", str(tmp_path / "r.jaxexport")])
+    assert "pip install jax flatbuffers" in capsys.readouterr().out
+
+
+def test_an_unknown_set_key_lists_the_keys(tmp_path, capsys, hopper_random_npz):
+    code, err = cli(capsys, "train", "--dataset", hopper_random_npz, *FLAGS, "--set", "betta=3", "--out", tmp_path / "r")
+    one_line_error(code, err, "unknown option(s) ['betta'] for bc; known: ['batch_size', 'learning_rate']")

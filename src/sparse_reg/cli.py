@@ -78,8 +78,9 @@ def add_run_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> None
         kwargs = dict(dest=f.name, help=help, **f.metadata["cli"])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "algo_options":
+            keys = "; ".join(f"{algo}: {', '.join(names)}" for algo, names in RunConfig.algorithm_options().items())
             kwargs.update(type=_option, action="append", default=[], metavar="KEY=VALUE",
-                          help=help + " (repeatable)")
+                          help=help + f" (repeatable). Keys: {keys}")
         elif isinstance(default, bool):
             kwargs.update(action="store_true")
         elif isinstance(default, tuple):
@@ -189,7 +190,8 @@ def cmd_export_policy(args: argparse.Namespace) -> int:
     agent = load_agent(args.path, checkpoint=args.checkpoint)
     data = agent.export_policy(args.out)
     print(f"policy of {args.path} (step {agent.step}, {agent.env_id}) -> {args.out} ({len(data):,} bytes); "
-          "load it with jax.export.deserialize (see README, 'Policy export')")
+          "load it with jax.export.deserialize, which needs jax, numpy and flatbuffers (pip install jax flatbuffers; "
+          "jax alone does not bring flatbuffers; see README, 'Policy export')")
     return 0
 
 
@@ -397,9 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = _terminate_as_interrupt()
     try:
         return args.func(args)
-    except (ValueError, DatasetError, RunInUseError, OSError) as error:
-        # Every error the project raises for bad input, damaged files or a refused run, and what the
-        # system says (read-only file system, full disk): one line, never a traceback.
+    except (ValueError, DatasetError, RunInUseError, OSError, ImportError) as error:
+        # Every error the project raises for bad input, damaged files or a refused run, what the
+        # system says (read-only file system, full disk) and a missing optional package: one line.
         print(f"sparse-reg: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

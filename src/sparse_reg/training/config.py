@@ -51,7 +51,8 @@ class RunConfig:
     sparsity: str | float = _field("auto", "'auto' (95% up to 25k training transitions, else 75%) or a fraction "
                                    "in [0, 1); 0 = dense")
     mask_interval: int = _field(5_000, "steps between Sparse-Reg mask refreshes")
-    mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = masks fixed at initialisation (SFI)")
+    mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = one mask at step 0, never refreshed "
+                             "(the paper's 'SFI' runs; runs with refreshes are its 'SPU', periodic updates)")
     steps: int = _field(1_000_000, "gradient steps")
     seed: int = _field(0, "training seed (data subset, initialisation, batches)")
     eval_every: int = _field(5_000, "steps between evaluations and checkpoints")
@@ -73,7 +74,7 @@ class RunConfig:
     algo_options: dict[str, Any] = _field({}, "overrides of the algorithm's own config, e.g. beta=3.0 for IQL")
     frozen_layout: str = _field(
         "auto", "how updates run once the masks are final (after the last refresh): 'kept-values' = on the kept "
-        "weights only, with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
+        "weights only (each layer stored as the values its mask keeps, not a dense matrix), with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
         "matrices times masks; 'auto' = kept values on a CPU for one seed. Same results to float32 rounding; "
         "checkpoints are the same either way", choices=FROZEN_LAYOUTS)
 
@@ -116,6 +117,12 @@ class RunConfig:
             raise ValueError(f"frozen_layout must be one of {FROZEN_LAYOUTS}, got {self.frozen_layout!r}")
         self.sparse_reg_config(1)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
+
+    @staticmethod
+    def algorithm_options() -> dict[str, list[str]]:
+        """The ``algo_options`` keys (``--set KEY=VALUE``) each algorithm takes."""
+        return {name: [f.name for f in dataclasses.fields(algorithm.config_class)
+                       if f.name not in ("network", "regularization")] for name, algorithm in ALGORITHMS.items()}
 
     def algorithm_config(self):
         algorithm = get_algorithm(self.algo)

@@ -784,7 +784,14 @@ class Agent:
         obs_dim = int(np.asarray(self.normalizer.mean).shape[0])
         shape = export.symbolic_shape(f"batch, {obs_dim}")
         exported = export.export(jax.jit(policy))(jax.ShapeDtypeStruct(shape, jnp.float32))
-        data = bytes(exported.serialize())
+        try:
+            data = bytes(exported.serialize())
+        except ModuleNotFoundError as error:
+            if error.name != "flatbuffers":
+                raise
+            raise ModuleNotFoundError(
+                "exporting a policy needs the flatbuffers package, which jax does not install: pip install "
+                "flatbuffers (loading the exported file needs it too)", name="flatbuffers") from None
         if path is not None:
             Path(path).write_bytes(data)
         return data
