@@ -374,3 +374,47 @@ def test_an_export_without_flatbuffers_says_what_to_install(runs, tmp_path, caps
 def test_an_unknown_set_key_lists_the_keys(tmp_path, capsys, hopper_random_npz):
     code, err = cli(capsys, "train", "--dataset", hopper_random_npz, *FLAGS, "--set", "betta=3", "--out", tmp_path / "r")
     one_line_error(code, err, "unknown option(s) ['betta'] for bc; known: ['batch_size', 'learning_rate']")
+
+
+# ----------------------------------------------------------------------------- every file, every damage
+
+
+def corrupt(raw: bytes) -> bytes:
+    middle = len(raw) // 2
+    return raw[:middle] + b"\x00garbage\xff\xfe" + raw[middle + 11:]
+
+
+FILE_DAMAGES = {"truncated": lambda raw: raw[: len(raw) // 2], "emptied": lambda raw: b"", "corrupted": corrupt}
+
+
+def run_files(run: Path) -> set[str]:
+    """The files of a run directory, TensorBoard's event files as one entry."""
+    names = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+    return {"tensorboard/" if name.startswith("tensorboard/") else name for name in names}
+
+
+def test_the_damage_cases_cover_every_file_of_a_run_directory(runs):
+    assert run_files(runs["interrupted"]) == {"config.json", "checkpoint.msgpack", "metrics.csv", "masks.csv",
+                                              ".lock", "tensorboard/"}
+    assert run_files(runs["finished"]) - run_files(runs["interrupted"]) == {"summary.json"}
+
+
+@pytest.mark.parametrize("damage", list(FILE_DAMAGES))
+@pytest.mark.parametrize("run, name", [
+    ("interrupted", "config.json"), ("interrupted", "checkpoint.msgpack"), ("interrupted", "metrics.csv"),
+    ("interrupted", "masks.csv"), ("interrupted", ".lock"), ("interrupted", "tensorboard/"),
+    ("finished", "summary.json"),
+])
+def test_any_damaged_file_gets_one_line_and_resume_or_overwrite_finishes_the_run(
+        runs, tmp_path, capsys, hopper_random_npz, run, name, damage):
+    out = copy_of(runs, run, tmp_path)
+    paths = sorted((out / name).glob("*")) if name.endswith("/") else [out / name]  # tensorboard: every file
+    assert paths
+    for path in paths:
+        path.write_bytes(FILE_DAMAGES[damage](path.read_bytes()))
+    code, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
+    if code != 0:
+        one_line_error(code, err, "--overwrite")
+        code, err = cli(capsys, "train", "--dataset", hopper_random_npz, *FLAGS, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert_finished_like(out, runs["finished"])

@@ -245,6 +245,14 @@ def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def checkpoint_to_resume(out: Path):
+    """``out``'s checkpoint, or a CheckpointError that says how to go on."""
+    try:
+        return read_checkpoint(out)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {error}; start the run again with --overwrite") from None
+
+
 def resumed_config(out: Path, config: RunConfig, checkpoint) -> RunConfig:
     """The config a resume of ``out`` continues with: the one ``config.json`` records, checked against
     the one its checkpoint was trained with (a run never continues as another one); ``config``
@@ -413,7 +421,7 @@ def start_runs(
         resume, overwrite = False, True
     elif resume and not all(has_checkpoint(out) for out in outs):
         raise ValueError("some of these runs have a checkpoint and some not: resume them one by one")
-    checkpoints = [read_checkpoint(out) for out in outs] if resume else None
+    checkpoints = [checkpoint_to_resume(out) for out in outs] if resume else None
     if resume:
         configs = [resumed_config(o, c, k) for c, o, k in zip(configs, outs, checkpoints)]
     configs = [recorded_config(c, dataset) for c in configs]
