@@ -203,7 +203,8 @@ def test_checkpoints_of_the_older_two_file_format_still_load_and_resume(tmp_path
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.json").write_text((uninterrupted / "config.json").read_text())
-    (old / "metrics.csv").write_bytes((uninterrupted / "metrics.csv").read_bytes())
+    for log in ("metrics.csv", "masks.csv"):  # a resume checks both against the checkpoint
+        (old / log).write_bytes((uninterrupted / log).read_bytes())
     info = {k: v for k, v in checkpoint.info.items() if k not in ("data", "config")}  # neither recorded then
     info["reference"] = {k: v for k, v in info["reference"].items() if k != "source"}
     (old / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(checkpoint.state_dict))
