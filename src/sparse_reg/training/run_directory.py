@@ -3,17 +3,22 @@
 A run directory holds::
 
     config.json          the RunConfig, plus what data it was trained on ("data")
-    checkpoint.msgpack   the latest checkpoint: step, run facts and the whole train state, one file
+    checkpoint.msgpack   the latest checkpoint: step, run facts (the config among them: a resume
+                         refuses a config.json that no longer matches it) and the whole train
+                         state, one file
     lowest_validation_mse.msgpack
                          with ``keep_lowest_validation_mse``: the checkpoint of the evaluation with the
                          lowest validation action MSE so far (early stopping's pick), same format
     metrics.csv          one row per evaluation
     masks.csv            one row per (mask refresh, network, layer)
     tensorboard/         TensorBoard event files
-    summary.json         written last: its presence means the run finished
+    summary.json         written last: a readable one means the run finished (a damaged one: not)
     .lock                held (flock) by the process training the run: a second process that
                          tries to train or resume the same directory is refused, and the lock
                          goes with its holder, however that process ends
+
+Files a reader may see half-written are replaced atomically (:func:`atomic_write`); its
+``*.tmp`` files, left only by a process killed while writing, are removed on resume.
 
 Runs written before checkpoints became one file also have ``checkpoint.json`` (the step and run
 facts); they are still read, and the file is removed when such a run writes its next checkpoint.
