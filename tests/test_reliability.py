@@ -322,18 +322,22 @@ def test_sigterm_says_how_to_resume_like_ctrl_c(runs, tmp_path, capsys, monkeypa
 # ----------------------------------------------------------------------------- 6. warnings
 
 
-def test_data_and_masks_that_cannot_train_the_run_are_warned_about(tmp_path, hopper_random):
+def test_data_and_masks_that_cannot_train_the_run_are_warned_about(tmp_path, hopper_random, monkeypatch):
     """Before: --sparsity 0.999999 (one weight kept) trained a constant policy, and all-zero rewards or
     fewer transitions than a batch trained, all without a word."""
     data = hopper_random.replace(rewards=hopper_random.rewards * 0.0)
-    config = RunConfig(**{**RUN, "algo": "td3bc", "size": 100, "validation_size": 0, "steps": 10, "eval_every": 10,
-                          "sparsity": 0.999999, "mask_interval": 10, "mask_until": 10})
-    with pytest.warns(UserWarning) as warned:
-        train(config, tmp_path / "run", dataset=data, progress=False)
+    config = RunConfig(**{**RUN, "algo": "td3bc", "size": 100, "validation_size": 0, "steps": 10, "eval_every": 10})
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "run_group", lambda group, **kwargs: [{}])  # the data is checked before training
+        with pytest.warns(UserWarning) as warned:
+            train(config, tmp_path / "td3bc", dataset=data, progress=False)
     messages = " | ".join(str(w.message) for w in warned)
-    assert "fewer than one batch (256)" in messages
-    assert "every reward of the training data is 0" in messages
-    assert "keeps no weight of actor layer(s)" in messages and "keeps no weight of critic" in messages
+    assert "100 training transitions, fewer than one batch (256)" in messages
+    assert "every reward of the training data is 0, so td3bc's critic learns nothing" in messages
+
+    config = RunConfig(**{**RUN, "steps": 100, "sparsity": 0.999999})  # the shapes of the runs above: compiled
+    with pytest.warns(UserWarning, match=r"sparsity 0.999999: the mask of step 0 keeps no weight of actor layer"):
+        train(config, tmp_path / "bc", dataset=hopper_random, progress=False)
 
 
 # ----------------------------------------------------------------------------- 7. first contact
