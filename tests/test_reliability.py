@@ -210,7 +210,7 @@ def test_a_full_disk_gets_one_line_leaves_no_temporary_and_the_run_resumes(runs,
     with monkeypatch.context() as patch:
         patch.setattr(run_directory, "open", full_open, raising=False)
         code, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
-    one_line_error(code, err, "No space left on device")
+    one_line_error(code, err, "checkpoint.msgpack.tmp: No space left on device")
     assert not list(out.glob("*.tmp"))  # the failed write's temporary, and the stale one, are gone
     code, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
     assert code == 0, err

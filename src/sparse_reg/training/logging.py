@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
-from .run_directory import MASKS_FILE, METRICS_FILE, TENSORBOARD_DIR, RunFileError, atomic_write
+from .run_directory import MASKS_FILE, METRICS_FILE, TENSORBOARD_DIR, RunFileError, atomic_write, naming
 
 __all__ = ["MASKS_FILE", "METRICS_FILE", "RunLogger", "check_logs", "read_rows", "tensorboard_tag"]
 
@@ -195,11 +195,14 @@ def _append_row(path: Path, row: dict, columns: list[str] | None = None) -> None
         with open(path, newline="") as f:
             columns = next(csv.reader(f), None) or columns
     columns = columns or list(row)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    try:
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    except OSError as error:  # e.g. a full disk: say which file
+        raise naming(error, path) from None
 
 
 def _keep_rows(path: Path, keep) -> None:

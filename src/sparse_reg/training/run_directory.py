@@ -124,12 +124,21 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as error:
         # e.g. a full disk: the half-written temporary would keep it full (the next try fails alike).
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise naming(error, tmp) from None
         raise
     os.replace(tmp, path)
     _fsync_directory(path.parent)
+
+
+def naming(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file where the system did not say which (a failed write)."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def remove_temporaries(directory: str | os.PathLike) -> None:
