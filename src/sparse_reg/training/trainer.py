@@ -395,7 +395,10 @@ def train(
 ) -> dict:
     """Train one agent; writes logs, checkpoints and ``summary.json`` under ``out``; returns the summary.
 
-    ``on_evaluation(row)`` is called after each evaluation's checkpoint is written.
+    ``on_evaluation(row)`` is called after each evaluation's checkpoint is written. ``resume``: continue
+    from the checkpoint as the run directory records the run (of ``config`` only ``frozen_layout``
+    counts; :func:`resume_config` checks options given again); a run stopped before its first
+    checkpoint starts again.
     """
     return train_group([config], [out], dataset, resume=resume, overwrite=overwrite, progress=progress,
                        on_evaluation=on_evaluation)[0]
