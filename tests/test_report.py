@@ -285,7 +285,7 @@ def test_index_links_resolve_and_skips_are_reported(built):
     skipped = text.split("## Skipped")[1].split("\n## ")[0]
     assert "exp/iql-hopper-dense/seed_3" in skipped and "in progress" in skipped
     assert "last evaluation at step 20000" in skipped
-    assert "exp/broken/seed_0" in skipped and "unreadable" in skipped
+    assert "exp/broken/seed_0" in skipped and "not finished: damaged summary.json" in skipped
     assert "exp/iql-hopper-sparse/seed_9" in skipped and "incomplete" in skipped
     assert "other/dup/seed_1" in skipped and "differs in mask_until" in skipped
     # skipped runs are not counted: 3 seeds per cell

@@ -102,10 +102,9 @@ def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validatio
         with pytest.raises(Killed):
             train(KEEP_LOWEST, out, dataset=hopper_random, progress=False)
     assert renames[-1] == ("lowest_validation_mse.msgpack" if kill_after % 2 else "checkpoint.msgpack")
-    if kill_after == 1:  # killed before its first checkpoint: nothing to resume, the run starts over
-        with pytest.raises(FileNotFoundError, match="cannot resume"):
+    if kill_after == 1:  # killed before its first checkpoint: nothing to lose, the resume starts it over
+        with pytest.warns(UserWarning, match="starting from step 0"):
             train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
-        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, overwrite=True)
     else:
         train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
     assert_same_run(full, out)
@@ -204,8 +203,9 @@ def test_checkpoints_of_the_older_two_file_format_still_load_and_resume(tmp_path
     old = tmp_path / "old"
     old.mkdir()
     (old / "config.json").write_text((uninterrupted / "config.json").read_text())
-    (old / "metrics.csv").write_bytes((uninterrupted / "metrics.csv").read_bytes())
-    info = {k: v for k, v in checkpoint.info.items() if k != "data"}
+    for log in ("metrics.csv", "masks.csv"):  # a resume checks both against the checkpoint
+        (old / log).write_bytes((uninterrupted / log).read_bytes())
+    info = {k: v for k, v in checkpoint.info.items() if k not in ("data", "config")}  # neither recorded then
     info["reference"] = {k: v for k, v in info["reference"].items() if k != "source"}
     (old / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(checkpoint.state_dict))
     (old / "checkpoint.json").write_text(json.dumps(info))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
 from .data.dataset import DatasetError
 from .provenance import parse_count
+from .training.run_directory import RunInUseError
 
 
 def _int(text: str) -> int:
@@ -65,8 +67,9 @@ TRAIN_EXAMPLES = """examples:
 CLI_NAMES = {"algo_options": "--set"}
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per :class:`RunConfig` field, with the field's default and help."""
+def add_run_arguments(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One option per :class:`RunConfig` field, with the field's default and help (``defaults``
+    False: no defaults, so that a parse holds only the options given)."""
     from .training.config import COUNT_FIELDS, RunConfig
 
     for f in dataclasses.fields(RunConfig):
@@ -75,8 +78,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         kwargs = dict(dest=f.name, help=help, **f.metadata["cli"])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name == "algo_options":
+            keys = "; ".join(f"{algo}: {', '.join(names)}" for algo, names in RunConfig.algorithm_options().items())
             kwargs.update(type=_option, action="append", default=[], metavar="KEY=VALUE",
-                          help=help + " (repeatable)")
+                          help=help + f" (repeatable). Keys: {keys}")
         elif isinstance(default, bool):
             kwargs.update(action="store_true")
         elif isinstance(default, tuple):
@@ -89,15 +93,28 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
             kwargs.update(type=float, default=default)
         else:
             kwargs.update(default=default)
+        if not defaults:
+            kwargs["default"] = argparse.SUPPRESS
         p.add_argument(flag, **kwargs)
+
+
+def _field_values(values: dict) -> dict:
+    """Parsed option values as RunConfig takes them."""
+    converters = {"size": lambda v: v or None, "hidden_dims": tuple, "algo_options": dict}
+    return {k: converters.get(k, lambda v: v)(v) for k, v in values.items()}
 
 
 def run_config_from_args(args: argparse.Namespace):
     from .training.config import RunConfig
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
-    values.update(size=args.size or None, hidden_dims=tuple(args.hidden_dims), algo_options=dict(args.algo_options))
-    return RunConfig(**values)
+    return RunConfig(**_field_values({f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}))
+
+
+def given_run_options(argv: list[str]) -> dict:
+    """The RunConfig fields that ``train``'s command line ``argv`` sets itself (not left at their default)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_run_arguments(parser, defaults=False)
+    return _field_values(vars(parser.parse_known_args(argv)[0]))
 
 
 def _seeds(text: str) -> list[int]:
@@ -111,9 +128,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.trainer import train
+    from .training.trainer import resume_config, train
 
     config = run_config_from_args(args)
+    if args.resume:  # the run's recorded config, refusing options given again that would change it
+        given = given_run_options(args.argv)
+        outs = [Path(args.out) / f"seed_{s}" for s in args.seeds] if args.seeds else [Path(args.out)]
+        config = [resume_config(out, given, config) for out in outs][0]
     if args.seeds:
         return _train_seeds(args, config)
     summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
@@ -169,7 +190,8 @@ def cmd_export_policy(args: argparse.Namespace) -> int:
     agent = load_agent(args.path, checkpoint=args.checkpoint)
     data = agent.export_policy(args.out)
     print(f"policy of {args.path} (step {agent.step}, {agent.env_id}) -> {args.out} ({len(data):,} bytes); "
-          "load it with jax.export.deserialize (see README, 'Policy export')")
+          "load it with jax.export.deserialize, which needs jax, numpy and flatbuffers (pip install jax flatbuffers; "
+          "jax alone does not bring flatbuffers; see README, 'Policy export')")
     return 0
 
 
@@ -373,20 +395,55 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
     from .training.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # before anything compiles
     if args.command == "datasets" and args.action == "make" and not args.names:
         parser.error("datasets make needs at least one NAME")
+    previous = _terminate_as_interrupt()
     try:
         return args.func(args)
-    except (ValueError, DatasetError, FileExistsError, FileNotFoundError) as error:
-        print(f"sparse-reg: error: {error}", file=sys.stderr)
+    except (ValueError, DatasetError, RunInUseError, OSError, ImportError) as error:
+        # Every error the project raises for bad input, damaged files or a refused run, what the
+        # system says (read-only file system, full disk) and a missing optional package: one line.
+        print(f"sparse-reg: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("sparse-reg: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(interrupt, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. ``kill``, a job scheduler's stop): ends the command like Ctrl-C does."""
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the handler it replaced
+    (None where signals cannot be handled here)."""
+    def terminated(signum, frame):
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: an OSError as ``FILE: what happened``."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror}"
+        if error.filename2 is not None:
+            text = f"{error.filename} -> {error.filename2}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ def collect_runs(runs_dir: str | Path, exclude: Path | None = None) -> Collectio
         try:
             run = _load_run(path.parent)
         except (OSError, ValueError, KeyError, TypeError) as error:
-            found.skipped.append((path.parent, f"unreadable {SUMMARY_FILE}: {error}"))
+            found.skipped.append((path.parent, f"not finished: damaged {SUMMARY_FILE} ({error}); "
+                                               "train --resume writes it again"))
             continue
         last_step = run.history[-1]["step"] if run.history else None
         if last_step is None or last_step < run.steps:

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job, run_all
-from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
+from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, is_finished
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUDGETS = ("quick", "paper")
@@ -387,7 +387,7 @@ SKIP, RESUME, FRESH, CONFLICT = "skip", "resume", "run", "conflict"
 def run_state(run: SweepRun) -> tuple[str, str]:
     """What a sweep does with ``run`` now, and why: skip (finished), resume, run, or conflict."""
     out = run.out
-    finished, checkpoint = (out / SUMMARY_FILE).exists(), (out / CHECKPOINT_FILE).exists()
+    finished, checkpoint = is_finished(out), (out / CHECKPOINT_FILE).exists()
     if finished or checkpoint:
         try:
             existing = RunConfig.of_run(out).identity()

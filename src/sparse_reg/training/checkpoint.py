@@ -43,8 +43,9 @@ class Checkpoint:
         """The saved pytree, with the structure of ``template``."""
         try:
             return serialization.from_state_dict(template, self.state_dict)
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"checkpoint does not fit this run's train state ({error})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint does not fit this run's train state ({type(error).__name__}: "
+                                  f"{error}); was config.json edited?") from None
 
 
 def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict, file: str = CHECKPOINT_FILE) -> None:

@@ -15,7 +15,7 @@ from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparse_layout import FROZEN_LAYOUTS
 from ..sparsity import MASK_SCORERS, SparseRegConfig, resolve_sparsity
-from .run_directory import CONFIG_FILE
+from .run_directory import CONFIG_FILE, RunFileError, read_json
 
 SUBSAMPLE_MODES = ("trajectories", "first")
 # Whole numbers, also given as counts ("10k", "1M") from a TOML file or the Python API.
@@ -51,7 +51,8 @@ class RunConfig:
     sparsity: str | float = _field("auto", "'auto' (95% up to 25k training transitions, else 75%) or a fraction "
                                    "in [0, 1); 0 = dense")
     mask_interval: int = _field(5_000, "steps between Sparse-Reg mask refreshes")
-    mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = masks fixed at initialisation (SFI)")
+    mask_until: int = _field(200_000, "masks refreshed while step < this; 0 = one mask at step 0, never refreshed "
+                             "(the paper's 'SFI' runs; runs with refreshes are its 'SPU', periodic updates)")
     mask_scorer: str = _field("snip", "how a mask refresh ranks weights: 'snip' = |θ·∂L/∂θ| (Sparse-Reg); "
                               "'magnitude' = |θ| and 'random' are controls at the same sparsity and schedule",
                               choices=tuple(MASK_SCORERS))
@@ -76,7 +77,7 @@ class RunConfig:
     algo_options: dict[str, Any] = _field({}, "overrides of the algorithm's own config, e.g. beta=3.0 for IQL")
     frozen_layout: str = _field(
         "auto", "how updates run once the masks are final (after the last refresh): 'kept-values' = on the kept "
-        "weights only, with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
+        "weights only (each layer stored as the values its mask keeps, not a dense matrix), with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
         "matrices times masks; 'auto' = kept values on a CPU for one seed. Same results to float32 rounding; "
         "checkpoints are the same either way", choices=FROZEN_LAYOUTS)
 
@@ -119,6 +120,12 @@ class RunConfig:
             raise ValueError(f"frozen_layout must be one of {FROZEN_LAYOUTS}, got {self.frozen_layout!r}")
         self.sparse_reg_config(1)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
+
+    @staticmethod
+    def algorithm_options() -> dict[str, list[str]]:
+        """The ``algo_options`` keys (``--set KEY=VALUE``) each algorithm takes."""
+        return {name: [f.name for f in dataclasses.fields(algorithm.config_class)
+                       if f.name not in ("network", "regularization")] for name, algorithm in ALGORITHMS.items()}
 
     def algorithm_config(self):
         algorithm = get_algorithm(self.algo)
@@ -169,11 +176,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
-        return cls.from_dict(json.loads(path.read_text()))
+        """The config in the JSON file ``path``: ``RunFileError`` (a ValueError) naming the file if it is
+        not a config, ``OSError`` if it cannot be read."""
+        content = read_json(path)
+        if not isinstance(content, dict):
+            raise RunFileError(f"{path} is damaged: not a JSON object")
+        try:
+            return cls.from_dict(content)
+        except (ValueError, TypeError) as error:
+            raise RunFileError(f"{path} does not describe a run: {error}") from None
 
     @classmethod
     def of_run(cls, directory: str | Path) -> "RunConfig":
-        """The config a run directory records (OSError, ValueError or TypeError if it cannot be read)."""
+        """The config a run directory records (OSError or ValueError naming the file if it cannot be read)."""
         return cls.load(Path(directory) / CONFIG_FILE)
 
 

@@ -274,8 +274,6 @@ def run_batches(jobs: list[Job], resume: list[bool], on_result: OnResult, mode: 
     its unfinished jobs alone in this process: the others finish (or resume) and the failing one
     fails again with its own traceback.
     """
-    from .run_directory import SUMMARY_FILE
-
     mode = resolve_mode(mode)
     for batch in _batches(jobs, resume, width=1 if mode == "sequential" else None):
         try:
@@ -286,7 +284,7 @@ def run_batches(jobs: list[Job], resume: list[bool], on_result: OnResult, mode: 
                 on_result(batch[0], traceback.format_exc())
                 continue
             for i in batch:
-                on_result(i, None if (jobs[i].out / SUMMARY_FILE).exists() else run_one(jobs[i], resume[i]))
+                on_result(i, None if is_finished(jobs[i].out) else run_one(jobs[i], resume[i]))
         else:
             for i in batch:
                 on_result(i, None)

@@ -3,17 +3,22 @@
 A run directory holds::
 
     config.json          the RunConfig, plus what data it was trained on ("data")
-    checkpoint.msgpack   the latest checkpoint: step, run facts and the whole train state, one file
+    checkpoint.msgpack   the latest checkpoint: step, run facts (the config among them: a resume
+                         refuses a config.json that no longer matches it) and the whole train
+                         state, one file
     lowest_validation_mse.msgpack
                          with ``keep_lowest_validation_mse``: the checkpoint of the evaluation with the
                          lowest validation action MSE so far (early stopping's pick), same format
     metrics.csv          one row per evaluation
     masks.csv            one row per (mask refresh, network, layer)
     tensorboard/         TensorBoard event files
-    summary.json         written last: its presence means the run finished
+    summary.json         written last: a readable one means the run finished (a damaged one: not)
     .lock                held (flock) by the process training the run: a second process that
                          tries to train or resume the same directory is refused, and the lock
                          goes with its holder, however that process ends
+
+Files a reader may see half-written are replaced atomically (:func:`atomic_write`); its
+``*.tmp`` files, left only by a process killed while writing, are removed on resume.
 
 Runs written before checkpoints became one file also have ``checkpoint.json`` (the step and run
 facts); they are still read, and the file is removed when such a run writes its next checkpoint.
@@ -22,6 +27,7 @@ facts); they are still read, and the file is removed when such a run writes its 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 from typing import IO
@@ -37,10 +43,16 @@ METRICS_FILE = "metrics.csv"
 MASKS_FILE = "masks.csv"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
+TMP_SUFFIX = ".tmp"  # atomic_write's temporaries
 
 
 class RunInUseError(RuntimeError):
     """Another process is training this run directory."""
+
+
+class RunFileError(ValueError):
+    """A file of a run directory is damaged or does not belong to the run; the message names the
+    file and how to recover."""
 
 
 def lock_run(directory: str | os.PathLike) -> IO:
@@ -66,8 +78,31 @@ def run_entries(directory: str | os.PathLike) -> list[Path]:
     return [p for p in directory.iterdir() if p.name != LOCK_FILE] if directory.is_dir() else []
 
 
+def is_unfinished_run_file(name: str) -> bool:
+    """Whether a file named ``name`` belongs in a run stopped before its first checkpoint."""
+    return name in (CONFIG_FILE, METRICS_FILE, MASKS_FILE, TENSORBOARD_DIR, LOWEST_VALIDATION_MSE_FILE) or \
+        name.endswith(TMP_SUFFIX)
+
+
 def is_finished(directory: str | os.PathLike) -> bool:
-    return (Path(directory) / SUMMARY_FILE).is_file()
+    """Whether the run wrote its summary: a ``summary.json`` holding a JSON object (a damaged one,
+    e.g. truncated by a full disk, means the run is not finished: ``--resume`` writes it again)."""
+    try:
+        return isinstance(read_json(Path(directory) / SUMMARY_FILE), dict)
+    except (OSError, RunFileError):
+        return False
+
+
+def read_json(path: Path):
+    """The JSON content of ``path``; a file that is not JSON text raises :class:`RunFileError`
+    naming it (a missing one: ``FileNotFoundError``)."""
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunFileError(f"{path} is damaged: not text") from None
+    except json.JSONDecodeError as error:
+        raise RunFileError(f"{path} is damaged: not JSON ({error})") from None
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:
@@ -83,13 +118,35 @@ def run_directory_of(path: str | os.PathLike) -> Path:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never
     a mix: write a temporary file, flush it to disk, then rename it over ``path`` (the commit point)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as error:
+        # e.g. a full disk: the half-written temporary would keep it full (the next try fails alike).
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise naming(error, tmp) from None
+        raise
     os.replace(tmp, path)
     _fsync_directory(path.parent)
+
+
+def naming(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file where the system did not say which (a failed write)."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Remove what :func:`atomic_write` left half-written in ``directory`` (a process killed while
+    writing); call it holding the run's lock."""
+    for tmp in Path(directory).glob("*" + TMP_SUFFIX):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -31,20 +31,24 @@ from ..data.reference import resolve_reference
 from ..data.splits import split_train_validation
 from ..provenance import code_version, wall_seconds
 from ..sparse_layout import sparse_networks, state_to_dense, state_to_sparse, uses_kept_values
-from ..sparsity import SparseRegConfig, refresh_masks, weight_sparsity
+from ..sparsity import SparseRegConfig, mask_statistics, refresh_masks, weight_sparsity
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .compile_cache import enable_compilation_cache
 from .config import RunConfig
 from .evaluation import RolloutEvaluator, evaluation_seed, make_action_mse, make_policy
-from .logging import RunLogger, read_rows
+from .logging import RunLogger, check_logs, read_rows
 from .run_directory import (
     CHECKPOINT_FILES,
     CONFIG_FILE,
     LOWEST_VALIDATION_MSE_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    RunFileError,
+    atomic_write,
     has_checkpoint,
+    is_unfinished_run_file,
     lock_run,
+    remove_temporaries,
     run_directory_of,
     run_entries,
 )
@@ -203,7 +207,10 @@ def initial_state(config: RunConfig, obs_dim: int, action_dim: int, sparse: bool
 
 
 def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
-    """Raise if ``out`` cannot be used as asked; changes nothing on disk."""
+    """Raise if ``out`` cannot be used as asked; changes nothing on disk.
+
+    A resume of a run killed before its first checkpoint starts it again (it has nothing to lose);
+    a directory with other files in it, or none at all, is not such a run."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if out.exists() and not out.is_dir():
@@ -211,8 +218,17 @@ def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     if any(parent.exists() and not parent.is_dir() for parent in out.parents):
         raise RunDirectoryError(f"output path {out} lies under a file, not a directory")
     if resume:
-        if not has_checkpoint(out):
-            raise FileNotFoundError(f"cannot resume: no checkpoint in {out}")
+        if has_checkpoint(out):
+            return
+        entries = run_entries(out)
+        if not entries:
+            raise FileNotFoundError(f"cannot resume: no run in {out} (no checkpoint): drop --resume to start it")
+        others = sorted(p.name for p in entries if not is_unfinished_run_file(p.name))
+        if others:
+            raise RunDirectoryError(
+                f"cannot resume: no checkpoint in {out}, and it holds {', '.join(others[:3])}"
+                f"{' ...' if len(others) > 3 else ''}, not files of an unfinished run: use --overwrite to replace it"
+            )
         return
     if run_entries(out) and not overwrite:
         raise RunDirectoryError(f"output directory {out} already exists and is not empty: use --resume or --overwrite")
@@ -222,10 +238,96 @@ def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
     """Empty ``out`` for a fresh run (its lock, held by this process, stays)."""
     check_run_directory(out, resume, overwrite)
     if resume:
+        remove_temporaries(out)  # left by a process killed while writing
         return
     for entry in run_entries(out):
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def checkpoint_to_resume(out: Path):
+    """``out``'s checkpoint, or a CheckpointError that says how to go on."""
+    try:
+        return read_checkpoint(out)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {error}; start the run again with --overwrite") from None
+
+
+def resumed_config(out: Path, config: RunConfig, checkpoint) -> RunConfig:
+    """The config a resume of ``out`` continues with: the one ``config.json`` records, checked against
+    the one its checkpoint was trained with (a run never continues as another one); ``config``
+    only says how to run it (``frozen_layout``: speed, not results)."""
+    path = out / CONFIG_FILE
+    recorded = _recorded_config(out)
+    saved = checkpoint.info.get("config")  # checkpoints of older versions do not record it
+    if saved is not None:
+        changed = config_differences(RunConfig.from_dict(saved), recorded)
+        if changed:
+            raise RunFileError(
+                f"cannot resume: {path} no longer describes the run its checkpoint holds: "
+                f"{', '.join(f'{k} {new!r} (the checkpoint: {old!r})' for k, (old, new) in changed.items())}; "
+                "put back the original, or start the run again with --overwrite"
+            )
+    return dataclasses.replace(recorded, frozen_layout=config.frozen_layout)
+
+
+def _recorded_config(out: Path) -> RunConfig:
+    """``out``'s config.json, or RunFileError saying how to recover."""
+    try:
+        return RunConfig.of_run(out)
+    except FileNotFoundError:
+        raise RunFileError(f"cannot resume: {out / CONFIG_FILE} is missing: put it back, or start the run again "
+                           "with --overwrite") from None
+    except RunFileError as error:
+        raise RunFileError(f"cannot resume: {error}; put back an intact copy, or start the run again with "
+                           "--overwrite") from None
+
+
+def config_differences(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
+    """The fields in which two configs train different runs: name -> (old value, new value)."""
+    a, b = old.identity(), new.identity()
+
+    def same(key: str) -> bool:  # the command line gives a sparsity as text ("0.9"), Python as a number
+        x, y = a.get(key), b.get(key)
+        if key == "sparsity" and "auto" not in (x, y):
+            return float(x) == float(y)
+        return x == y
+
+    return {k: (a.get(k), b.get(k)) for k in list(a) + [k for k in b if k not in a] if not same(k)}
+
+
+def resume_config(out: str | Path, given: dict[str, Any], config: RunConfig) -> RunConfig:
+    """The config to resume ``out`` with when ``given`` (field -> value) were set again, e.g. on the
+    command line: the recorded one, with ``given`` applied where they do not change what the run
+    computes (``frozen_layout``); ValueError naming those that would, or a damaged config.json.
+    Where there is no run to resume, the error the resume would give."""
+    out = Path(out)
+    check_run_directory(out, resume=True, overwrite=False)
+    recorded = _recorded_config(out)
+    wanted = RunConfig.from_dict({**recorded.to_dict(), **given})
+    changed = config_differences(recorded, wanted)
+    if changed:
+        raise ValueError(
+            f"cannot resume {out} with other settings than it was started with: "
+            f"{', '.join(f'{k} {new!r} (the run: {old!r})' for k, (old, new) in changed.items())}; drop them "
+            "(--resume continues the run as it was started) or start it again with --overwrite"
+        )
+    return wanted
+
+
+def logged_steps(config: RunConfig, sparse: SparseRegConfig, step: int) -> tuple[list[int], list[int]]:
+    """The steps a run has logged when its checkpoint is at ``step``: its evaluations up to ``step``,
+    and its mask refreshes before it."""
+    evaluations = list(range(config.eval_every, step + 1, config.eval_every))
+    if step == config.steps and step % config.eval_every:
+        evaluations.append(step)
+    refreshes = [s for s in range(0, step, sparse.interval) if sparse.refresh_due(s)] if sparse.enabled else []
+    return evaluations, refreshes
+
+
+def mask_layers(state: Any, algorithm: Algorithm) -> list[tuple[str, str]]:
+    """(network, layer) of each row a mask refresh logs, in order (masks.csv)."""
+    return [(name, layer) for name in algorithm.losses for layer in mask_statistics(getattr(state, name).mask, None)]
 
 
 def recorded_config(config: RunConfig, dataset: Dataset | None) -> RunConfig:
@@ -293,7 +395,10 @@ def train(
 ) -> dict:
     """Train one agent; writes logs, checkpoints and ``summary.json`` under ``out``; returns the summary.
 
-    ``on_evaluation(row)`` is called after each evaluation's checkpoint is written.
+    ``on_evaluation(row)`` is called after each evaluation's checkpoint is written. ``resume``: continue
+    from the checkpoint as the run directory records the run (of ``config`` only ``frozen_layout``
+    counts; :func:`resume_config` checks options given again); a run stopped before its first
+    checkpoint starts again.
     """
     return train_group([config], [out], dataset, resume=resume, overwrite=overwrite, progress=progress,
                        on_evaluation=on_evaluation)[0]
@@ -311,8 +416,17 @@ def start_runs(
         raise ValueError(f"{len(configs)} configs but {len(outs)} output directories")
     for out in outs:
         check_run_directory(out, resume, overwrite)
+    if resume and not any(has_checkpoint(out) for out in outs):
+        # Killed before the first checkpoint (check_run_directory made sure that is all there is):
+        # nothing to lose, so the run starts again.
+        warnings.warn(f"no checkpoint in {', '.join(map(str, outs))} yet (stopped before the first evaluation): "
+                      "starting from step 0", stacklevel=3)
+        resume, overwrite = False, True
+    elif resume and not all(has_checkpoint(out) for out in outs):
+        raise ValueError("some of these runs have a checkpoint and some not: resume them one by one")
+    checkpoints = [checkpoint_to_resume(out) for out in outs] if resume else None
     if resume:
-        configs = [RunConfig.of_run(o) if (o / CONFIG_FILE).exists() else c for c, o in zip(configs, outs)]
+        configs = [resumed_config(o, c, k) for c, o, k in zip(configs, outs, checkpoints)]
     configs = [recorded_config(c, dataset) for c in configs]
     shared = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
     if any({k: v for k, v in c.to_dict().items() if k != "seed"} != shared for c in configs):
@@ -320,7 +434,6 @@ def start_runs(
     if dataset is None:
         dataset = load_dataset(configs[0].dataset, env_id=configs[0].env)
     identity = dataset.identity()
-    checkpoints = [read_checkpoint(out) for out in outs] if resume else None
     for out, checkpoint in zip(outs, checkpoints or []):
         check_same_data(out, checkpoint.info.get("data"), identity)
     warn_about_actions(dataset)
@@ -336,7 +449,7 @@ def start_runs(
         runs.append(SeedRun(config, out, data, to_device_batch(data.train, data.normalizer), validation))
     config, lead = configs[0], runs[0].data
     sparse = config.sparse_reg_config(len(lead.train))
-
+    warn_about_data(lead.train, config)
     evaluator = RolloutEvaluator(lead.env_id, config.eval_episodes * len(runs))
     if (evaluator.obs_dim, evaluator.action_dim) != (lead.train.obs_dim, lead.train.action_dim):
         evaluator.close()
@@ -345,6 +458,13 @@ def start_runs(
             f"environment {lead.env_id} has {evaluator.obs_dim}/{evaluator.action_dim}"
         )
     states = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse.enabled) for r in runs]
+    for out, checkpoint in zip(outs, checkpoints or []):
+        try:
+            check_logs(out, checkpoint.step, *logged_steps(config, sparse, checkpoint.step),
+                       mask_layers=mask_layers(states[0][0], get_algorithm(config.algo)) if sparse.enabled else [])
+        except BaseException:
+            evaluator.close()
+            raise
     group = StartedGroup(runs, sparse, evaluator, states, step=0)
     try:
         # Locked before anything in them changes: two processes never train (or empty) one directory.
@@ -360,9 +480,9 @@ def start_runs(
             group.states = [restore_train_state(c, t, r.out) for c, r, t in zip(checkpoints, runs, states)]
         for r in runs:
             record = {**r.config.to_dict(), "data": r.data.identity}
+            prepare_run_directory(r.out, resume, overwrite)
             if not resume:
-                prepare_run_directory(r.out, resume, overwrite)
-                (r.out / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+                atomic_write(r.out / CONFIG_FILE, json.dumps(record, indent=2).encode())
             r.logger = RunLogger(r.out, resume_step=group.step if resume else None, config=record)
     except BaseException:
         group.release()
@@ -432,7 +552,7 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
     seeds = ", ".join(str(r.config.seed) for r in runs)
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     bar.set_description(f"{config.algo} {'sparse' if sparse.enabled else 'dense'} seed {seeds}")
-    started, last_return = time.time(), None
+    started, last_return, cut_warned = time.time(), None, False
     try:
         while step < config.steps:
             if sparse.refresh_due(step):
@@ -441,6 +561,9 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                 stats = jax.device_get(stats)
                 for i, r in enumerate(runs):
                     r.logger.log_masks(step, jax.tree_util.tree_map(float, lanes.index(stats, i)))
+                if not cut_warned:
+                    cut_warned = True  # once: later refreshes keep as many weights
+                    warn_about_cut_networks(jax.tree_util.tree_map(float, lanes.index(stats, 0)), sparse.sparsity, step)
             end = min(step + chunk - step % chunk, config.steps)
             fast = kept_values and step >= sparse.last_refresh
             if fast:
@@ -468,7 +591,7 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
                                          action_mse, time.time() - started)
                     r.logger.log_evaluation(row)
                     saved = (lanes.index(state, i), lanes.index(data_key, i))
-                    info = _checkpoint_info(r.data, sparse.enabled)
+                    info = _checkpoint_info(r.config, r.data, sparse.enabled)
                     # Written before the latest checkpoint: a kill between the two resumes from the
                     # previous checkpoint and replays this evaluation, which writes this file again.
                     if r.config.keep_lowest_validation_mse and row["validation_mse"] < lowest_mse[i]:
@@ -484,7 +607,7 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
             summary = build_summary(r.config, r.data, lanes.index(state, i), algorithm, read_rows(r.out / METRICS_FILE))
             if sparse.enabled:  # how the frozen phase ran: it changes speed, results only at rounding
                 summary["frozen_phase"] = {"from_step": sparse.last_refresh, "kept_values_networks": kept_networks}
-            (r.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            atomic_write(r.out / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
             summaries.append(summary)
     finally:
         bar.close()
@@ -522,8 +645,9 @@ def _normalized(reference: ReferenceScores | None, episode_return: float) -> flo
     return float(reference.normalize(episode_return)) if reference is not None else math.nan
 
 
-def _checkpoint_info(data: PreparedData, sparse: bool) -> dict:
+def _checkpoint_info(config: RunConfig, data: PreparedData, sparse: bool) -> dict:
     return {
+        "config": config.to_dict(),  # the run's identity: a resume or a load checks config.json against it
         "obs_dim": data.train.obs_dim,
         "action_dim": data.train.action_dim,
         "sparse": sparse,
@@ -554,6 +678,37 @@ def warn_about_actions(dataset: Dataset) -> None:
             "by the environment's action bound) before training",
             stacklevel=3,
         )
+
+
+def warn_about_data(train: Dataset, config: RunConfig) -> None:
+    """Say so once when the training data cannot teach what the run expects of it."""
+    batch_size = config.algorithm_config().batch_size
+    if len(train) < batch_size:
+        warnings.warn(
+            f"dataset '{train.name}': {len(train)} training transitions, fewer than one batch ({batch_size}): "
+            "every batch repeats them; use more data (--size) or a smaller batch (--set batch_size=...)",
+            stacklevel=4,
+        )
+    if not config.algo.startswith("bc") and not np.any(train.rewards):
+        warnings.warn(
+            f"dataset '{train.name}': every reward of the training data is 0, so {config.algo}'s critic learns "
+            "nothing (values are all 0); check the data, or train bc, which does not use rewards",
+            stacklevel=4,
+        )
+
+
+def warn_about_cut_networks(stats: dict, sparsity: float, step: int) -> None:
+    """A mask that keeps no weight of some layer cuts the network: its output no longer depends on
+    its input (e.g. a constant policy). ``stats``: one run's refresh statistics."""
+    for network, layers in stats.items():
+        cut = [layer for layer, values in layers.items() if layer != "total" and values["sparsity"] >= 1.0]
+        if cut:
+            warnings.warn(
+                f"sparsity {sparsity:g}: the mask of step {step:,} keeps no weight of {network} layer(s) "
+                f"{', '.join(cut)}, so the {network}'s output does not depend on its input (a constant "
+                "policy or value); use a lower --sparsity or wider --hidden-dims",
+                stacklevel=4,
+            )
 
 
 def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
@@ -640,7 +795,14 @@ class Agent:
         obs_dim = int(np.asarray(self.normalizer.mean).shape[0])
         shape = export.symbolic_shape(f"batch, {obs_dim}")
         exported = export.export(jax.jit(policy))(jax.ShapeDtypeStruct(shape, jnp.float32))
-        data = bytes(exported.serialize())
+        try:
+            data = bytes(exported.serialize())
+        except ModuleNotFoundError as error:
+            if error.name != "flatbuffers":
+                raise
+            raise ModuleNotFoundError(
+                "exporting a policy needs the flatbuffers package, which jax does not install: pip install "
+                "flatbuffers (loading the exported file needs it too)", name="flatbuffers") from None
         if path is not None:
             Path(path).write_bytes(data)
         return data
@@ -681,9 +843,10 @@ def load_agent(path: str | Path, checkpoint: str = "latest") -> Agent:
             f"{directory} has no {file}: only runs trained with --keep-lowest-validation-mse "
             "(keep_lowest_validation_mse = true) keep the checkpoint of their lowest validation MSE"
         )
-    config = RunConfig.of_run(directory)
     saved = read_checkpoint(directory, file)
     info = saved.info
+    # The config the checkpoint was trained with (older checkpoints do not record it: config.json's).
+    config = RunConfig.from_dict(info["config"]) if "config" in info else RunConfig.of_run(directory)
     template = initial_state(config, info["obs_dim"], info["action_dim"], info["sparse"])
     state, _ = restore_train_state(saved, template, directory)
     recorded = info.get("reference")
