@@ -21,12 +21,14 @@ demo: $(VENV)/.installed
 demo-record: $(VENV)/.installed
 	$(BIN)/sparse-reg demo --record
 
-# Lint first (seconds; configured in pyproject.toml), then the tests. examples/ once it exists.
+# Lint first (seconds; configured in pyproject.toml), then the tests, one pytest worker per core
+# (pytest-xdist): the suite is compile-bound, so two workers on 2 cores cut it from ~14 to ~10 min
+# measured beside a niced sweep (docs/architecture.md, "Tests").
 LINTED := $(wildcard src tests benchmarks scripts examples)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check $(LINTED)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # Behaviour-policy training (torch + sbx-rl) lives in its own environment so the core stays light.
 install-behaviour:
