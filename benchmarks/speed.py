@@ -241,7 +241,7 @@ def agent_evaluate_seconds(episodes: int = 10, repeats: int = 3) -> dict:
     from sparse_reg.training.trainer import Agent
 
     state, _ = initial_state(RunConfig(algo="iql", sparsity=0.0), OBS_DIM, ACTION_DIM, False)
-    agent = Agent(ALGORITHMS["iql"], state, Normalizer.identity(OBS_DIM), ENV, None, 0)
+    agent = Agent(ALGORITHMS["iql"], state, Normalizer.passthrough(OBS_DIM), ENV, None, 0)
     started = time.perf_counter()
     agent.evaluate(episodes, seed=0)
     first = time.perf_counter() - started

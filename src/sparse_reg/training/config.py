@@ -14,7 +14,7 @@ from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparse_layout import FROZEN_LAYOUTS
-from ..sparsity import MASK_SCORERS, SparseRegConfig, resolve_sparsity
+from ..sparsity import MASK_SCORERS, SparseRegConfig, parse_sparsity, resolve_sparsity
 from .run_directory import CONFIG_FILE, RunFileError, read_json
 
 SUBSAMPLE_MODES = ("trajectories", "first")
@@ -118,7 +118,7 @@ class RunConfig:
             raise ValueError("l1 and weight_decay must be >= 0")
         if self.frozen_layout not in FROZEN_LAYOUTS:
             raise ValueError(f"frozen_layout must be one of {FROZEN_LAYOUTS}, got {self.frozen_layout!r}")
-        self.sparse_reg_config(1)  # raises on a bad sparsity
+        parse_sparsity(self.sparsity)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
 
     @staticmethod
@@ -154,9 +154,9 @@ class RunConfig:
 
     @property
     def dense(self) -> bool:
-        return not self.sparse_reg_config(1).enabled  # "auto" is never dense, whatever the size
+        return parse_sparsity(self.sparsity) == 0.0  # "auto" is never dense, whatever the size
 
-    def identity(self) -> dict:
+    def result_fields(self) -> dict:
         """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a
         dense run (it has no masks) and without the frozen phase's layout (it changes speed, and
         results only at float32 rounding), so that two configs equal here train the same run."""

@@ -74,7 +74,7 @@ class PreparedData:
     env_id: str
     reference: ReferenceScores | None
     reference_source: str = "none"  # see data.reference.describe_reference
-    identity: dict | None = None  # the whole dataset's name, size and fingerprint (Dataset.identity)
+    identity: dict | None = None  # the whole dataset's name, size and fingerprint (Dataset.record)
 
     @classmethod
     def from_config(cls, config: RunConfig, dataset: Dataset | None = None, identity: dict | None = None) -> "PreparedData":
@@ -88,7 +88,7 @@ class PreparedData:
         )
         reference, source = resolve_reference(config.reference, dataset, env_id)
         return cls(train, validation, Normalizer.fit(train.observations), env_id, reference, source,
-                   identity or dataset.identity())
+                   identity or dataset.record())
 
     def reference_record(self) -> dict | None:
         """The reference as runs record it: its returns and where they come from."""
@@ -285,7 +285,7 @@ def _recorded_config(out: Path) -> RunConfig:
 
 def config_differences(old: RunConfig, new: RunConfig) -> dict[str, tuple]:
     """The fields in which two configs train different runs: name -> (old value, new value)."""
-    a, b = old.identity(), new.identity()
+    a, b = old.result_fields(), new.result_fields()
 
     def same(key: str) -> bool:  # the command line gives a sparsity as text ("0.9"), Python as a number
         x, y = a.get(key), b.get(key)
@@ -433,7 +433,7 @@ def start_runs(
         raise ValueError("runs trained together must differ only in their seed")
     if dataset is None:
         dataset = load_dataset(configs[0].dataset, env_id=configs[0].env)
-    identity = dataset.identity()
+    identity = dataset.record()
     for out, checkpoint in zip(outs, checkpoints or []):
         check_same_data(out, checkpoint.info.get("data"), identity)
     warn_about_actions(dataset)
