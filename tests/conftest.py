@@ -46,17 +46,15 @@ def hopper_random_npz(hopper_random, tmp_path_factory) -> str:
     return str(path)
 
 
-def script_validation_mse(monkeypatch, script: dict[int, float]) -> None:
-    """Make every evaluation of ``train`` log ``script[step]`` as its validation MSE (the rest of the
-    row is real), to steer what ``keep_lowest_validation_mse`` keeps."""
-    from sparse_reg.training import trainer
+def scripted_validation_mse(script: dict[int, float]) -> tuple:
+    """Evaluators for ``train(..., evaluators=...)`` that log ``script[step]`` as each evaluation's
+    validation MSE (the rest of the row is real), to steer what ``keep_lowest_validation_mse`` keeps."""
+    from sparse_reg.training.evaluation import DEFAULT_EVALUATORS
 
-    real_row = trainer.evaluation_row
+    def scripted(context) -> dict:
+        return {"validation_mse": script[context.step]}
 
-    def scripted_row(run, state, step, *args):
-        return {**real_row(run, state, step, *args), "validation_mse": script[step]}
-
-    monkeypatch.setattr(trainer, "evaluation_row", scripted_row)
+    return (*DEFAULT_EVALUATORS, scripted)
 
 
-__all__ = ["ReferenceScores", "random_policy_dataset", "script_validation_mse"]
+__all__ = ["ReferenceScores", "random_policy_dataset", "scripted_validation_mse"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import random_policy_dataset, script_validation_mse
+from conftest import random_policy_dataset, scripted_validation_mse
 
 from sparse_reg.cli import main
 from sparse_reg.data import load_dataset
@@ -93,20 +93,20 @@ KEEP_LOWEST = RunConfig(**RUN, keep_lowest_validation_mse=True)
 @pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
 def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validation_mse_one_right(
         tmp_path, hopper_random, monkeypatch, kill_after):
-    script_validation_mse(monkeypatch, SCRIPTED_MSE)
+    scripted = scripted_validation_mse(SCRIPTED_MSE)
     full = tmp_path / "full"
-    train(KEEP_LOWEST, full, dataset=hopper_random, progress=False)
+    train(KEEP_LOWEST, full, dataset=hopper_random, progress=False, evaluators=scripted)
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         renames = die_after_rename(patch, kill_after, prefixes=("checkpoint", "lowest_validation_mse"))
         with pytest.raises(Killed):
-            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False)
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, evaluators=scripted)
     assert renames[-1] == ("lowest_validation_mse.msgpack" if kill_after % 2 else "checkpoint.msgpack")
     if kill_after == 1:  # killed before its first checkpoint: nothing to lose, the resume starts it over
         with pytest.warns(UserWarning, match="starting from step 0"):
-            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True, evaluators=scripted)
     else:
-        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True, evaluators=scripted)
     assert_same_run(full, out)
     kept = out / "lowest_validation_mse.msgpack"
     assert kept.read_bytes() == (full / "lowest_validation_mse.msgpack").read_bytes()

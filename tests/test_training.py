@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import script_validation_mse
+from conftest import scripted_validation_mse
 
 from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
@@ -375,14 +375,14 @@ SCRIPTED_MSE = {200: 3.0, 400: 1.0, 600: 2.0, 800: 1.0, 1000: 4.0}
 
 def test_the_lowest_validation_mse_checkpoint_is_the_first_evaluation_at_the_minimum(tmp_path, hopper_random,
                                                                                        monkeypatch):
-    script_validation_mse(monkeypatch, SCRIPTED_MSE)
     out, latest_at = tmp_path / "run", {}
 
     def copy_latest(row):  # the latest checkpoint is written just before this is called
         latest_at[row["step"]] = (out / "checkpoint.msgpack").read_bytes()
 
     summary = train(small_config(algo="bc", sparsity=0.5, steps=1000, keep_lowest_validation_mse=True), out,
-                    dataset=hopper_random, progress=False, on_evaluation=copy_latest)
+                    dataset=hopper_random, progress=False, on_evaluation=copy_latest,
+                    evaluators=scripted_validation_mse(SCRIPTED_MSE))
     # 400, not 800: a tie does not replace it (that is the run's first stop at its lowest point).
     assert (out / "lowest_validation_mse.msgpack").read_bytes() == latest_at[400]
     assert summary["lowest_validation_mse"] == {
