@@ -356,6 +356,38 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
     assert trees_equal(load_agent(tmp_path / "cut").state, state_fast)
 
 
+def test_the_resolved_sparse_reg_settings_are_recorded_and_a_resume_reads_them_back(tmp_path, hopper_random,
+                                                                                     monkeypatch):
+    """"auto" is resolved once, when the run starts (95% for 1500 training transitions), and recorded in
+    config.json and summary.json; a resume reads it back, and a run of an older version, which did not
+    record it, resolves it again."""
+    import shutil
+
+    config = small_config(algo="bc", sparsity="auto", steps=400)
+
+    def stop_at_200(row):
+        if row["step"] == 200:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "run", dataset=hopper_random, progress=False, on_evaluation=stop_at_200)
+    expected = {"sparsity": 0.95, "interval": 200, "until": 400, "scorer": "snip"}
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["sparse_reg"] == expected
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    del record["sparse_reg"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(record, indent=2))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunConfig, "sparse_reg_config", lambda self, size: pytest.fail("resolved again on resume"))
+        summary = train(config, tmp_path / "run", dataset=hopper_random, progress=False, resume=True)
+    assert summary["sparse_reg"] == expected
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["sparse_reg"] == expected
+    old = train(config, tmp_path / "old", dataset=hopper_random, progress=False, resume=True)
+    assert old["sparse_reg"] == expected and "sparse_reg" not in json.loads((tmp_path / "old" / "config.json").read_text())
+    assert old["eval_history"] == summary["eval_history"]
+
+
 def test_frozen_layout_choice():
     from sparse_reg.sparse_layout import uses_kept_values
 

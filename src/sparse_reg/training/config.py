@@ -140,7 +140,10 @@ class RunConfig:
         )
 
     def sparse_reg_config(self, train_size: int) -> SparseRegConfig:
-        """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it)."""
+        """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it).
+
+        The trainer resolves them once per run and records them (``sparse_reg`` in config.json and
+        summary.json); what reads a run reads them back from there (:func:`recorded_sparse_reg`)."""
         return SparseRegConfig(
             resolve_sparsity(self.sparsity, train_size), self.mask_interval, self.mask_until, self.mask_scorer
         )
@@ -190,6 +193,16 @@ class RunConfig:
     def of_run(cls, directory: str | Path) -> "RunConfig":
         """The config a run directory records (OSError or ValueError naming the file if it cannot be read)."""
         return cls.load(Path(directory) / CONFIG_FILE)
+
+
+def recorded_sparse_reg(record: dict) -> SparseRegConfig | None:
+    """The resolved Sparse-Reg settings a run's config.json or summary.json records (key
+    ``sparse_reg``), or None for runs of versions that did not record them."""
+    recorded = record.get(SPARSE_REG_KEY)
+    return SparseRegConfig.from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+SPARSE_REG_KEY = "sparse_reg"
 
 
 def _whole_number(name: str, value, counts: bool = True) -> int:

@@ -1,8 +1,9 @@
 """What a resume continues with, checked before anything in the run directory changes.
 
 A run continues as the run directory records it: ``config.json`` (checked against the config its
-checkpoint was trained with), the data it was trained on (its fingerprint) and the logs up to the
-checkpoint's step.
+checkpoint was trained with), the Sparse-Reg settings resolved when it started (``sparse_reg`` in
+config.json; runs of older versions resolve them again), the data it was trained on (its
+fingerprint) and the logs up to the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 from ..algorithms import Algorithm
 from ..sparsity import SparseRegConfig, mask_statistics
 from .checkpoint import Checkpoint
-from .config import RunConfig
-from .run_directory import CONFIG_FILE, RunFileError, check_run_directory
+from .config import RunConfig, recorded_sparse_reg
+from .run_directory import CONFIG_FILE, RunFileError, check_run_directory, read_json
 
 
 def resumed_config(out: Path, config: RunConfig, checkpoint: Checkpoint) -> RunConfig:
@@ -46,6 +47,13 @@ def _recorded_config(out: Path) -> RunConfig:
     except RunFileError as error:
         raise RunFileError(f"cannot resume: {error}; put back an intact copy, or start the run again with "
                            "--overwrite") from None
+
+
+def resumed_sparse_reg(out: Path) -> SparseRegConfig | None:
+    """The Sparse-Reg settings ``out``'s config.json recorded when the run started (None: a run of a
+    version that did not record them; its settings are resolved from its config again)."""
+    record = read_json(out / CONFIG_FILE)  # read and checked by resumed_config before this
+    return recorded_sparse_reg(record) if isinstance(record, dict) else None
 
 
 def config_differences(old: RunConfig, new: RunConfig) -> dict[str, tuple]:

@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json          the RunConfig, plus what data it was trained on ("data")
+    config.json          the RunConfig, plus what data it was trained on ("data") and the Sparse-Reg
+                         settings resolved when it started ("sparse_reg"; not in runs of older versions)
     checkpoint.msgpack   the latest checkpoint: step, run facts (the config among them: a resume
                          refuses a config.json that no longer matches it) and the whole train
                          state, one file

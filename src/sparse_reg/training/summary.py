@@ -12,8 +12,8 @@ from typing import Any
 
 from ..algorithms import Algorithm
 from ..provenance import code_version, wall_seconds
-from ..sparsity import weight_sparsity
-from .config import RunConfig
+from ..sparsity import SparseRegConfig, weight_sparsity
+from .config import SPARSE_REG_KEY, RunConfig
 from .prepare import PreparedData
 from .run_directory import LOWEST_VALIDATION_MSE_FILE
 
@@ -32,8 +32,9 @@ def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
     return {name: weight_sparsity(getattr(state, name)) for name in algorithm.losses}
 
 
-def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: Algorithm, rows: list[dict]) -> dict:
-    """The summary of a run."""
+def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: Algorithm, rows: list[dict],
+                  sparse_reg: SparseRegConfig | None = None) -> dict:
+    """The summary of a run; ``sparse_reg``: the Sparse-Reg settings it ran with (recorded as ``sparse_reg``)."""
     history = [{k: row[k] for k in HISTORY_KEYS} for row in rows]
     final = history[-1] if history else {}
     summary = {
@@ -55,6 +56,8 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         "code_version": code_version(),
         "eval_history": history,
     }
+    if sparse_reg is not None:
+        summary[SPARSE_REG_KEY] = sparse_reg.to_dict()
     if config.keep_lowest_validation_mse:
         lowest = lowest_validation_row(history)
         summary["lowest_validation_mse"] = {

@@ -42,7 +42,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .compile_cache import enable_compilation_cache
-from .config import RunConfig
+from .config import SPARSE_REG_KEY, RunConfig
 from .evaluation import (
     DEFAULT_EVALUATORS,
     EvaluationContext,
@@ -54,7 +54,7 @@ from .evaluation import (
 )
 from .logging import RunLogger, check_logs, read_rows
 from .prepare import PreparedData, SeedRun, initial_state, prepare_runs, recorded_config, warn_about_data
-from .resume import check_same_data, logged_steps, mask_layers, resume_config, resumed_config
+from .resume import check_same_data, logged_steps, mask_layers, resume_config, resumed_config, resumed_sparse_reg
 from .run_directory import (
     CONFIG_FILE,
     LOWEST_VALIDATION_MSE_FILE,
@@ -174,7 +174,7 @@ class StartedGroup:
     """Runs ready to step: data prepared, directories made (or checkpoints read), states at ``step``."""
 
     runs: list[SeedRun]
-    sparse_reg: SparseRegConfig
+    sparse_reg: SparseRegConfig  # resolved once, when the runs started; recorded in config.json
     evaluator: RolloutEvaluator
     states: list[tuple[Any, jax.Array]]  # (agent state, data-sampling key) per run
     step: int
@@ -256,7 +256,9 @@ def start_runs(
         check_same_data(out, checkpoint.info.get("data"), data_record)
     runs = prepare_runs(configs, outs, dataset, data_record)
     config, lead = configs[0], runs[0].data
-    sparse_reg = config.sparse_reg_config(len(lead.train))
+    # Resolved once, when the runs start ("auto" depends on the training size), and recorded;
+    # a resume reads it back (runs of older versions did not record it: resolved again).
+    sparse_reg = (resumed_sparse_reg(outs[0]) if resume else None) or config.sparse_reg_config(len(lead.train))
     warn_about_data(lead.train, config)
     evaluator = _open_evaluator(lead, config.eval_episodes * len(runs))
     states = [initial_state(r.config, lead.train.obs_dim, lead.train.action_dim, sparse_reg.enabled) for r in runs]
@@ -338,7 +340,7 @@ def _open_run_directories(group: StartedGroup, checkpoints: list[Checkpoint], re
             raise CheckpointError(f"checkpoint step {group.step} is outside this run's 1..{config.steps} steps")
         group.states = [restore_train_state(c, t, r.out) for c, r, t in zip(checkpoints, runs, group.states)]
     for r in runs:
-        record = {**r.config.to_dict(), "data": r.data.data_record}
+        record = {**r.config.to_dict(), "data": r.data.data_record, SPARSE_REG_KEY: group.sparse_reg.to_dict()}
         prepare_run_directory(r.out, resume, overwrite)
         if not resume:
             atomic_write(r.out / CONFIG_FILE, json.dumps(record, indent=2).encode())
@@ -481,7 +483,7 @@ class GroupLoop:
         summaries = []
         for i, r in enumerate(self.runs):
             summary = build_summary(r.config, r.data, self.lanes.index(self.state, i), self.algorithm,
-                                    read_rows(r.out / METRICS_FILE))
+                                    read_rows(r.out / METRICS_FILE), self.sparse_reg)
             if self.sparse_reg.enabled:  # how the frozen phase ran: it changes speed, results only at rounding
                 summary["frozen_phase"] = {"from_step": self.sparse_reg.last_refresh,
                                            "kept_values_networks": self.kept_networks}
