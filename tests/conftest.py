@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import tempfile
+from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -57,4 +60,37 @@ def scripted_validation_mse(script: dict[int, float]) -> tuple:
     return (*DEFAULT_EVALUATORS, scripted)
 
 
-__all__ = ["ReferenceScores", "random_policy_dataset", "scripted_validation_mse"]
+def failing_writes(monkeypatch, modules, fails_on, error: Callable[[], BaseException], modes: str = "wa",
+                   kept: Callable[[bytes], bytes] = lambda data: data[: len(data) // 2]) -> None:
+    """Make ``open`` in ``modules`` return files whose writes fail, for files opened in one of ``modes``
+    whose path satisfies ``fails_on(path)``: each write writes ``kept(data)`` and raises ``error()``
+    (a process killed half-way through a write, a full disk)."""
+    real_open = builtins.open
+
+    class FailingFile:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(kept(data))
+            self.file.flush()
+            raise error()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return FailingFile(file) if any(m in mode for m in modes) and fails_on(Path(path)) else file
+
+    for module in modules:
+        monkeypatch.setattr(module, "open", failing_open, raising=False)
+
+
+__all__ = ["ReferenceScores", "failing_writes", "random_policy_dataset", "scripted_validation_mse"]
