@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -30,11 +30,14 @@ from .experiments.export import export_runs
 from .experiments.sweep import BUDGETS, cells, estimate_seconds, expand, list_experiments, load_experiment
 from .provenance import format_duration
 
+if TYPE_CHECKING:
+    from .training.config import RunConfig
+
 # ----------------------------------------------------------------------------- sparse-reg train
 
 
 def train_command(
-    config,
+    config: "RunConfig",
     out: str | Path,
     *,
     seeds: list[int] | None = None,
