@@ -64,12 +64,12 @@ def updates_per_second(algo: str, sparsity: float, steps: int, repeats: int = 3)
     """Pure update throughput: one ``steps``-long scan, best of ``repeats`` after compilation."""
     config = RunConfig(algo=algo, sparsity=sparsity, steps=steps)
     algorithm = ALGORITHMS[algo]
-    sparse = SparseRegConfig(sparsity) if sparsity else None
-    state, key = initial_state(config, OBS_DIM, ACTION_DIM, sparse is not None)
+    sparse_reg = SparseRegConfig(sparsity) if sparsity else None
+    state, key = initial_state(config, OBS_DIM, ACTION_DIM, sparse_reg is not None)
     data = synthetic_batch(10_000, jax.random.PRNGKey(1))
     batch_size = config.algorithm_config().batch_size
-    if sparse is not None:  # real masks, as in training
-        state, key, _ = make_mask_refresher(algorithm, sparse, batch_size)(state, key, data)
+    if sparse_reg is not None:  # real masks, as in training
+        state, key, _ = make_mask_refresher(algorithm, sparse_reg, batch_size)(state, key, data)
     run = make_chunk_runner(algorithm, batch_size)
     jax.block_until_ready(run(state, key, data, steps))
     best = float("inf")
@@ -238,10 +238,10 @@ def agent_evaluate_seconds(episodes: int = 10, repeats: int = 3) -> dict:
     """``Agent.evaluate`` (what ``sparse-reg evaluate`` runs) of ``episodes`` full HalfCheetah episodes
     with an IQL agent: the first call (compiles the policy once) and the best later call."""
     from sparse_reg.data.dataset import Normalizer
-    from sparse_reg.training.trainer import Agent
+    from sparse_reg.training.agent import Agent
 
     state, _ = initial_state(RunConfig(algo="iql", sparsity=0.0), OBS_DIM, ACTION_DIM, False)
-    agent = Agent(ALGORITHMS["iql"], state, Normalizer.identity(OBS_DIM), ENV, None, 0)
+    agent = Agent(ALGORITHMS["iql"], state, Normalizer.passthrough(OBS_DIM), ENV, None, 0)
     started = time.perf_counter()
     agent.evaluate(episodes, seed=0)
     first = time.perf_counter() - started

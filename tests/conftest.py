@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import tempfile
+from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -46,17 +49,48 @@ def hopper_random_npz(hopper_random, tmp_path_factory) -> str:
     return str(path)
 
 
-def script_validation_mse(monkeypatch, script: dict[int, float]) -> None:
-    """Make every evaluation of ``train`` log ``script[step]`` as its validation MSE (the rest of the
-    row is real), to steer what ``keep_lowest_validation_mse`` keeps."""
-    from sparse_reg.training import trainer
+def scripted_validation_mse(script: dict[int, float]) -> tuple:
+    """Evaluators for ``train(..., evaluators=...)`` that log ``script[step]`` as each evaluation's
+    validation MSE (the rest of the row is real), to steer what ``keep_lowest_validation_mse`` keeps."""
+    from sparse_reg.training.evaluation import DEFAULT_EVALUATORS
 
-    real_row = trainer.evaluation_row
+    def scripted(context) -> dict:
+        return {"validation_mse": script[context.step]}
 
-    def scripted_row(run, state, step, *args):
-        return {**real_row(run, state, step, *args), "validation_mse": script[step]}
-
-    monkeypatch.setattr(trainer, "evaluation_row", scripted_row)
+    return (*DEFAULT_EVALUATORS, scripted)
 
 
-__all__ = ["ReferenceScores", "random_policy_dataset", "script_validation_mse"]
+def failing_writes(monkeypatch, modules, fails_on, error: Callable[[], BaseException], modes: str = "wa",
+                   kept: Callable[[bytes], bytes] = lambda data: data[: len(data) // 2]) -> None:
+    """Make ``open`` in ``modules`` return files whose writes fail, for files opened in one of ``modes``
+    whose path satisfies ``fails_on(path)``: each write writes ``kept(data)`` and raises ``error()``
+    (a process killed half-way through a write, a full disk)."""
+    real_open = builtins.open
+
+    class FailingFile:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(kept(data))
+            self.file.flush()
+            raise error()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return FailingFile(file) if any(m in mode for m in modes) and fails_on(Path(path)) else file
+
+    for module in modules:
+        monkeypatch.setattr(module, "open", failing_open, raising=False)
+
+
+__all__ = ["ReferenceScores", "failing_writes", "random_policy_dataset", "scripted_validation_mse"]

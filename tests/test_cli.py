@@ -284,3 +284,19 @@ def test_train_keeping_the_lowest_validation_mse_then_evaluate_and_export_that_a
     expect_error(capsys, "--keep-lowest-validation-mse", "evaluate", plain, "--checkpoint", "lowest-validation-mse")
     expect_error(capsys, "validation_size > 0", "train", "--dataset", hopper_random_npz, "--out", tmp_path / "x",
                  "--keep-lowest-validation-mse", *TINY, "--validation-size", "0")
+
+
+def test_train_seeds_resume_each_seed_from_its_own_recorded_config(tmp_path, capsys, hopper_random_npz):
+    """Before: every seed of `train --seeds ... --resume` got the first seed's recorded config, so seeds
+    recorded with other settings could not be resumed together (vmap: 'must differ only in their seed')."""
+    out = tmp_path / "runs"
+    base = ["--algo", "bc", "--dataset", hopper_random_npz, "--env", "Hopper-v5", "--out", out, *TINY]
+    assert run_cli(capsys, "train", *base, "--seeds", "0")[0] == 0
+    assert run_cli(capsys, "train", *base, "--seeds", "1", "--steps", "200")[0] == 0
+    code, stdout, err = run_cli(capsys, "train", "--out", out, "--seeds", "0,1", "--resume", "--parallel", "vmap",
+                                "--no-progress")
+    assert code == 0, err
+    summaries = [json.loads((out / f"seed_{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert [s["steps"] for s in summaries] == [100, 200]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert "bc over 2 seeds" in stdout

@@ -29,7 +29,7 @@ def hopper_expert():
 
 def untrained_return(config: RunConfig, dataset) -> float:
     data = PreparedData.from_config(config, dataset)
-    state, _ = initial_state(config, dataset.obs_dim, dataset.action_dim, sparse=False)
+    state, _ = initial_state(config, dataset.obs_dim, dataset.action_dim, masked=False)
     policy = jax.jit(make_policy(get_algorithm(config.algo).act))
     normalizer = (jnp.asarray(data.normalizer.mean), jnp.asarray(data.normalizer.std))
     evaluator = RolloutEvaluator("Hopper-v5", config.eval_episodes)

@@ -4,7 +4,6 @@ finishes the run (issue 30)."""
 
 from __future__ import annotations
 
-import builtins
 import errno
 import json
 import os
@@ -13,6 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from conftest import failing_writes
 
 from sparse_reg.cli import main
 from sparse_reg.training import run_directory, trainer
@@ -184,31 +184,9 @@ def test_a_full_disk_gets_one_line_leaves_no_temporary_and_the_run_resumes(runs,
     """Before: [Errno 28] as a traceback, and checkpoint.msgpack.tmp kept the disk full."""
     out = copy_of(runs, "interrupted", tmp_path)
     (out / "metrics.csv.tmp").write_bytes(b"left by a process killed while writing")
-    real_open = builtins.open
-
-    class FullDisk:
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            self.file.write(data[:10])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-    def full_open(path, mode="r", *args, **kwargs):
-        file = real_open(path, mode, *args, **kwargs)
-        return FullDisk(file) if "w" in mode and Path(path).name.startswith("checkpoint") else file
-
     with monkeypatch.context() as patch:
-        patch.setattr(run_directory, "open", full_open, raising=False)
+        failing_writes(patch, [run_directory], lambda path: path.name.startswith("checkpoint"),
+                       lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), modes="w", kept=lambda data: data[:10])
         code, err = cli(capsys, "train", "--out", out, "--resume", "--no-progress")
     one_line_error(code, err, "checkpoint.msgpack.tmp: No space left on device")
     assert not list(out.glob("*.tmp"))  # the failed write's temporary, and the stale one, are gone

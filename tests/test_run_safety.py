@@ -3,7 +3,6 @@ resumes on other data, and what a run records about its data and reference score
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import random_policy_dataset, script_validation_mse
+from conftest import failing_writes, random_policy_dataset, scripted_validation_mse
 
 from sparse_reg.cli import main
 from sparse_reg.data import load_dataset
@@ -89,24 +88,31 @@ SCRIPTED_MSE = {100: 2.0, 200: 1.0, 300: 1.5}
 KEEP_LOWEST = RunConfig(**RUN, keep_lowest_validation_mse=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_keeping_the_lowest(tmp_path_factory, hopper_random) -> Path:
+    """The run of KEEP_LOWEST with SCRIPTED_MSE, uninterrupted (every kill below is compared with it)."""
+    out = tmp_path_factory.mktemp("full") / "keep_lowest"
+    train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, evaluators=scripted_validation_mse(SCRIPTED_MSE))
+    return out
+
+
 # Renames of a run keeping its lowest-MSE checkpoint: lowest 100, latest 100, lowest 200, latest 200, latest 300.
 @pytest.mark.parametrize("kill_after", [1, 2, 3, 4])
 def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validation_mse_one_right(
-        tmp_path, hopper_random, monkeypatch, kill_after):
-    script_validation_mse(monkeypatch, SCRIPTED_MSE)
-    full = tmp_path / "full"
-    train(KEEP_LOWEST, full, dataset=hopper_random, progress=False)
+        tmp_path, hopper_random, uninterrupted_keeping_the_lowest, monkeypatch, kill_after):
+    scripted = scripted_validation_mse(SCRIPTED_MSE)
+    full = uninterrupted_keeping_the_lowest
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         renames = die_after_rename(patch, kill_after, prefixes=("checkpoint", "lowest_validation_mse"))
         with pytest.raises(Killed):
-            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False)
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, evaluators=scripted)
     assert renames[-1] == ("lowest_validation_mse.msgpack" if kill_after % 2 else "checkpoint.msgpack")
     if kill_after == 1:  # killed before its first checkpoint: nothing to lose, the resume starts it over
         with pytest.warns(UserWarning, match="starting from step 0"):
-            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+            train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True, evaluators=scripted)
     else:
-        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True)
+        train(KEEP_LOWEST, out, dataset=hopper_random, progress=False, resume=True, evaluators=scripted)
     assert_same_run(full, out)
     kept = out / "lowest_validation_mse.msgpack"
     assert kept.read_bytes() == (full / "lowest_validation_mse.msgpack").read_bytes()
@@ -118,32 +124,7 @@ def test_a_kill_after_any_rename_of_either_checkpoint_keeps_the_lowest_validatio
 def dying_open(monkeypatch, modules, dies_on):
     """Make ``open`` in ``modules`` return files that die half-way through their first write when
     ``dies_on(path)`` is true: the file is left with half of what was being written."""
-    real_open = builtins.open
-
-    class HalfWritten:
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            self.file.write(data[: len(data) // 2])
-            self.file.flush()
-            raise Killed
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-    def fake_open(path, mode="r", *args, **kwargs):
-        file = real_open(path, mode, *args, **kwargs)
-        return HalfWritten(file) if ("w" in mode or "a" in mode) and dies_on(Path(path)) else file
-
-    for module in modules:
-        monkeypatch.setattr(module, "open", fake_open, raising=False)
+    failing_writes(monkeypatch, modules, dies_on, Killed)
 
 
 def test_kills_while_writing_a_checkpoint_and_while_cutting_the_logs_leave_a_resumable_run(

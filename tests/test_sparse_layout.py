@@ -33,13 +33,28 @@ def _masked_state(algo, **run_options):
     return algorithm, state, key
 
 
+@pytest.fixture(scope="session")
+def masked_state():
+    """``masked_state(algo, **run_options)``: ``_masked_state``'s result, refreshed (compiled) once per
+    session for each algorithm and options; states are immutable, so tests share them."""
+    made = {}
+
+    def get(algo, **run_options):
+        key = (algo, tuple(sorted(run_options.items())))
+        if key not in made:
+            made[key] = _masked_state(algo, **run_options)
+        return made[key]
+
+    return get
+
+
 def _leaves_close(a, b, atol):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
-def test_round_trip_is_exact():
-    algorithm, state, _ = _masked_state("iql")
+def test_round_trip_is_exact(masked_state):
+    algorithm, state, _ = masked_state("iql")
     fast = state_to_sparse(state, algorithm.losses, MAX_DENSITY)
     assert sparse_networks(fast, algorithm.losses) == ["actor", "critic", "value"]
     back = state_to_dense(fast, algorithm.losses)
@@ -48,8 +63,8 @@ def test_round_trip_is_exact():
             assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_kept_values_are_the_masks_ones():
-    algorithm, state, _ = _masked_state("bc")
+def test_kept_values_are_the_masks_ones(masked_state):
+    algorithm, state, _ = masked_state("bc")
     net = state.actor
     fast = to_sparse(net, MAX_DENSITY)
     kernel, mask = net.params["MLP_0"]["Dense_1"]["kernel"], net.mask["MLP_0"]["Dense_1"]["kernel"]
@@ -67,8 +82,8 @@ def test_kept_values_are_the_masks_ones():
     [("bc", {}), ("td3bc", {}), ("awac", {}), ("iql", {}),
      ("td3bc", {"l1": 1e-3, "weight_decay": 1e-2})],  # L1 and AdamW transforms act on the kept values too
 )
-def test_same_training_as_dense_masked(algo, run_options):
-    algorithm, state, key = _masked_state(algo, **run_options)
+def test_same_training_as_dense_masked(masked_state, algo, run_options):
+    algorithm, state, key = masked_state(algo, **run_options)
     fast = state_to_sparse(state, algorithm.losses, MAX_DENSITY)
     assert isinstance(fast.actor, SparseNet)
     run = make_chunk_runner(algorithm, 32)

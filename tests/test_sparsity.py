@@ -29,8 +29,8 @@ from sparse_reg.sparsity import (
     snip_scores,
     topk_masks,
     weight_sparsity,
+    with_all_ones_masks,
 )
-from sparse_reg.training.trainer import with_all_ones_masks
 
 OBS_DIM, ACTION_DIM = 3, 2
 

@@ -214,8 +214,8 @@ def test_run_state_skip_resume_conflict(tmp_path):
     assert "steps 999 (wanted 200)" in states[2][1]
     # ... a sparse one is not.
     sparse = RunConfig.from_dict({**runs[4].job.config.to_dict(), "sparsity": 0.9})
-    assert sparse.identity() != RunConfig.from_dict({**sparse.to_dict(), "mask_interval": 7}).identity()
-    assert "mask_interval" in sparse.identity() and "mask_interval" not in runs[4].job.config.identity()
+    assert sparse.result_fields() != RunConfig.from_dict({**sparse.to_dict(), "mask_interval": 7}).result_fields()
+    assert "mask_interval" in sparse.result_fields() and "mask_interval" not in runs[4].job.config.result_fields()
 
 
 def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):

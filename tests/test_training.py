@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import script_validation_mse
+from conftest import scripted_validation_mse
 
 from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
@@ -317,7 +317,7 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
     interval 200: the last refresh is at 200, so the chunks from 200 on run on kept weights."""
     kept = small_config(algo="td3bc", sparsity=0.95, frozen_layout="kept-values")
     masked = small_config(algo="td3bc", sparsity=0.95, frozen_layout="masked")
-    assert kept.identity() == masked.identity()  # the layout changes speed, not the run
+    assert kept.result_fields() == masked.result_fields()  # the layout changes speed, not the run
     fast = train(kept, tmp_path / "kept", dataset=hopper_random, progress=False)
     slow = train(masked, tmp_path / "masked", dataset=hopper_random, progress=False)
     assert fast["frozen_phase"]["from_step"] == 200
@@ -356,6 +356,38 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
     assert trees_equal(load_agent(tmp_path / "cut").state, state_fast)
 
 
+def test_the_resolved_sparse_reg_settings_are_recorded_and_a_resume_reads_them_back(tmp_path, hopper_random,
+                                                                                     monkeypatch):
+    """"auto" is resolved once, when the run starts (95% for 1500 training transitions), and recorded in
+    config.json and summary.json; a resume reads it back, and a run of an older version, which did not
+    record it, resolves it again."""
+    import shutil
+
+    config = small_config(algo="bc", sparsity="auto", steps=400)
+
+    def stop_at_200(row):
+        if row["step"] == 200:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "run", dataset=hopper_random, progress=False, on_evaluation=stop_at_200)
+    expected = {"sparsity": 0.95, "interval": 200, "until": 400, "scorer": "snip"}
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["sparse_reg"] == expected
+    shutil.copytree(tmp_path / "run", tmp_path / "old")
+    del record["sparse_reg"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(record, indent=2))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunConfig, "sparse_reg_config", lambda self, size: pytest.fail("resolved again on resume"))
+        summary = train(config, tmp_path / "run", dataset=hopper_random, progress=False, resume=True)
+    assert summary["sparse_reg"] == expected
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["sparse_reg"] == expected
+    old = train(config, tmp_path / "old", dataset=hopper_random, progress=False, resume=True)
+    assert old["sparse_reg"] == expected and "sparse_reg" not in json.loads((tmp_path / "old" / "config.json").read_text())
+    assert old["eval_history"] == summary["eval_history"]
+
+
 def test_frozen_layout_choice():
     from sparse_reg.sparse_layout import uses_kept_values
 
@@ -375,14 +407,14 @@ SCRIPTED_MSE = {200: 3.0, 400: 1.0, 600: 2.0, 800: 1.0, 1000: 4.0}
 
 def test_the_lowest_validation_mse_checkpoint_is_the_first_evaluation_at_the_minimum(tmp_path, hopper_random,
                                                                                        monkeypatch):
-    script_validation_mse(monkeypatch, SCRIPTED_MSE)
     out, latest_at = tmp_path / "run", {}
 
     def copy_latest(row):  # the latest checkpoint is written just before this is called
         latest_at[row["step"]] = (out / "checkpoint.msgpack").read_bytes()
 
     summary = train(small_config(algo="bc", sparsity=0.5, steps=1000, keep_lowest_validation_mse=True), out,
-                    dataset=hopper_random, progress=False, on_evaluation=copy_latest)
+                    dataset=hopper_random, progress=False, on_evaluation=copy_latest,
+                    evaluators=scripted_validation_mse(SCRIPTED_MSE))
     # 400, not 800: a tie does not replace it (that is the run's first stop at its lowest point).
     assert (out / "lowest_validation_mse.msgpack").read_bytes() == latest_at[400]
     assert summary["lowest_validation_mse"] == {

@@ -48,8 +48,9 @@ from .sparsity import (
     topk_masks,
     weight_sparsity,
 )
+from .training.agent import Agent, load_agent
 from .training.config import RunConfig
-from .training.trainer import Agent, load_agent, train
+from .training.trainer import train
 
 __all__ = [
     "ALGORITHMS",

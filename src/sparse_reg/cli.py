@@ -1,4 +1,5 @@
-"""``sparse-reg`` command line: argument parsing only; the work happens in the layers below."""
+"""``sparse-reg`` command line: argument parsing and dispatch only; each subcommand's work is a function of
+:mod:`sparse_reg.commands`, which takes values, never the parsed namespace."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import json
 import signal
 import sys
-from pathlib import Path
 
 from .data.dataset import DatasetError
 from .provenance import parse_count
@@ -128,71 +128,24 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.trainer import resume_config, train
+    from .commands import train_command
 
-    config = run_config_from_args(args)
-    if args.resume:  # the run's recorded config, refusing options given again that would change it
-        given = given_run_options(args.argv)
-        outs = [Path(args.out) / f"seed_{s}" for s in args.seeds] if args.seeds else [Path(args.out)]
-        config = [resume_config(out, given, config) for out in outs][0]
-    if args.seeds:
-        return _train_seeds(args, config)
-    summary = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(
-        f"{summary['algo']} on {summary['dataset']} ({summary['size']} transitions, seed {summary['seed']}): "
-        f"final return {summary['final_return']:.1f}, normalised score {summary['final_normalized_score']:.1f}; "
-        f"summary in {Path(args.out) / 'summary.json'}"
-    )
-    if "lowest_validation_mse" in summary:
-        print(_lowest_line(summary["lowest_validation_mse"], Path(args.out)))
-    return 0
-
-
-def _lowest_line(lowest: dict, out: Path) -> str:
-    return (f"lowest validation MSE {lowest['validation_mse']:.4g} at step {lowest['step']:,}: normalised score "
-            f"{lowest['normalized_score']:.1f} there; that agent is in {out / lowest['checkpoint']} "
-            "(--checkpoint lowest-validation-mse)")
-
-
-def _train_seeds(args: argparse.Namespace, config) -> int:
-    import numpy as np
-
-    from .training.parallel import run_jobs, seed_jobs
-
-    jobs = seed_jobs(config, args.seeds, Path(args.out))
-    summaries = run_jobs(jobs, mode=args.parallel, resume=args.resume, overwrite=args.overwrite,
-                         progress=not args.no_progress)
-    returns = [s["final_return"] for s in summaries]
-    scores = [s["final_normalized_score"] for s in summaries]
-    for job, s in zip(jobs, summaries):
-        print(f"seed {job.config.seed}: return {s['final_return']:.1f}, normalised score "
-              f"{s['final_normalized_score']:.1f} ({job.out})")
-        if "lowest_validation_mse" in s:
-            print("  " + _lowest_line(s["lowest_validation_mse"], job.out))
-    print(f"{config.algo} over {len(jobs)} seeds: return {np.mean(returns):.1f} ± {np.std(returns):.1f}, "
-          f"normalised score {np.mean(scores):.1f} ± {np.std(scores):.1f}")
-    return 0
+    given = given_run_options(args.argv) if args.resume else {}
+    return train_command(run_config_from_args(args), args.out, seeds=args.seeds, parallel=args.parallel,
+                         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, given=given)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .training.trainer import load_agent
+    from .commands import evaluate_command
 
-    result = load_agent(args.path, checkpoint=args.checkpoint).evaluate(episodes=args.episodes, seed=args.seed)
-    print(json.dumps(result, indent=2) if args.json else
-          f"step {result['step']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
-          f"over {args.episodes} episodes, normalised score {result['normalized_score']:.1f}")
-    return 0
+    return evaluate_command(args.path, checkpoint=args.checkpoint, episodes=args.episodes, seed=args.seed,
+                            as_json=args.json)
 
 
 def cmd_export_policy(args: argparse.Namespace) -> int:
-    from .training.trainer import load_agent
+    from .commands import export_policy_command
 
-    agent = load_agent(args.path, checkpoint=args.checkpoint)
-    data = agent.export_policy(args.out)
-    print(f"policy of {args.path} (step {agent.step}, {agent.env_id}) -> {args.out} ({len(data):,} bytes); "
-          "load it with jax.export.deserialize, which needs jax, numpy and flatbuffers (pip install jax flatbuffers; "
-          "jax alone does not bring flatbuffers; see README, 'Policy export')")
-    return 0
+    return export_policy_command(args.path, args.out, checkpoint=args.checkpoint)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -207,32 +160,21 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments.demo import run_demo
+    from .commands import demo_command
 
-    run_demo(Path(args.out), steps=args.steps, size=args.size, dataset=args.dataset)
-    if args.record:
-        from .experiments.demo import record_demo
-
-        recorded = record_demo(Path(args.out), Path("docs"), Path("README.md"))
-        print(f"recorded the demo's table in {recorded} and README.md")
-    return 0
+    return demo_command(args.out, steps=args.steps, size=args.size, dataset=args.dataset, record=args.record)
 
 
-def _runs_dir(args: argparse.Namespace) -> Path:
-    return Path(args.runs_dir) if args.runs_dir else Path("runs") / args.budget
-
-
-def _sweep(args: argparse.Namespace, config: str, dry_run: bool = False):
-    from .experiments.sweep import run_sweep
-
-    return run_sweep(config, budget=args.budget, runs_dir=_runs_dir(args), backend=args.backend,
-                     address=args.address, workers=args.workers, dry_run=dry_run, progress=not args.no_progress,
-                     only=args.only)
+def _sweep_options(args: argparse.Namespace) -> dict:
+    """The options ``sweep`` and ``reproduce`` share, as the keyword arguments of their commands."""
+    return dict(budget=args.budget, runs_dir=args.runs_dir, backend=args.backend, address=args.address,
+                workers=args.workers, progress=not args.no_progress, only=args.only)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    result = _sweep(args, args.config, dry_run=args.dry_run)
-    return 0 if result.ok else 1
+    from .commands import sweep_command
+
+    return sweep_command(args.config, dry_run=args.dry_run, **_sweep_options(args))
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -243,13 +185,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    result = _sweep(args, args.name)
-    from .experiments.report import write_report
+    from .commands import reproduce_command
 
-    report_dir = Path(args.report_dir) if args.report_dir else Path("reports") / args.budget / result.experiment
-    index = write_report(result.runs_dir / result.experiment, report_dir)
-    print(f"report: {index}")
-    return 0 if result.ok else 1
+    return reproduce_command(args.name, report_dir=args.report_dir, **_sweep_options(args))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
-"""What the ``sparse-reg`` subcommands print: the glue between parsed arguments and the library.
+"""What the ``sparse-reg`` subcommands do and print: the glue between parsed arguments and the library.
 
-The library modules take values and return results; the tables and one-line summaries people
-read in a terminal are made here (``cli.py`` only parses arguments and dispatches).
+One function per subcommand; each takes values (never an argparse namespace) and returns the exit
+code. The library modules take values and return results; the tables and one-line summaries
+people read in a terminal are made here (``cli.py`` only parses arguments and dispatches).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
@@ -25,6 +29,148 @@ from .data.registry import (
 from .experiments.export import export_runs
 from .experiments.sweep import BUDGETS, cells, estimate_seconds, expand, list_experiments, load_experiment
 from .provenance import format_duration
+
+if TYPE_CHECKING:
+    from .training.config import RunConfig
+
+# ----------------------------------------------------------------------------- sparse-reg train
+
+
+def train_command(
+    config: "RunConfig",
+    out: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    parallel: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    given: dict[str, Any] | None = None,
+) -> int:
+    """``sparse-reg train``: one run in ``out``, or with ``seeds`` one per seed in ``out/seed_<s>``;
+    prints the final scores. ``resume``: each run continues as its directory records it, refusing
+    options ``given`` again (field -> value) that would change it (``resume_config``)."""
+    from .training.parallel import seed_jobs
+    from .training.resume import resume_config
+
+    out = Path(out)
+    jobs = seed_jobs(config, seeds, out) if seeds else None
+    if resume:  # each run's recorded config, refusing options given again that would change it
+        if jobs is None:
+            config = resume_config(out, given or {}, config)
+        else:
+            jobs = [dataclasses.replace(job, config=resume_config(job.out, given or {}, job.config)) for job in jobs]
+    if jobs is not None:
+        return _train_seeds(jobs, parallel=parallel, resume=resume, overwrite=overwrite, progress=progress)
+    from .training.trainer import train
+
+    summary = train(config, out, resume=resume, overwrite=overwrite, progress=progress)
+    print(
+        f"{summary['algo']} on {summary['dataset']} ({summary['size']} transitions, seed {summary['seed']}): "
+        f"final return {summary['final_return']:.1f}, normalised score {summary['final_normalized_score']:.1f}; "
+        f"summary in {out / 'summary.json'}"
+    )
+    if "lowest_validation_mse" in summary:
+        print(_lowest_line(summary["lowest_validation_mse"], out))
+    return 0
+
+
+def _lowest_line(lowest: dict, out: Path) -> str:
+    return (f"lowest validation MSE {lowest['validation_mse']:.4g} at step {lowest['step']:,}: normalised score "
+            f"{lowest['normalized_score']:.1f} there; that agent is in {out / lowest['checkpoint']} "
+            "(--checkpoint lowest-validation-mse)")
+
+
+def _train_seeds(jobs: list, *, parallel: str, resume: bool, overwrite: bool, progress: bool) -> int:
+    import numpy as np
+
+    from .training.parallel import run_jobs
+
+    summaries = run_jobs(jobs, mode=parallel, resume=resume, overwrite=overwrite, progress=progress)
+    returns = [s["final_return"] for s in summaries]
+    scores = [s["final_normalized_score"] for s in summaries]
+    for job, s in zip(jobs, summaries):
+        print(f"seed {job.config.seed}: return {s['final_return']:.1f}, normalised score "
+              f"{s['final_normalized_score']:.1f} ({job.out})")
+        if "lowest_validation_mse" in s:
+            print("  " + _lowest_line(s["lowest_validation_mse"], job.out))
+    print(f"{jobs[0].config.algo} over {len(jobs)} seeds: return {np.mean(returns):.1f} ± {np.std(returns):.1f}, "
+          f"normalised score {np.mean(scores):.1f} ± {np.std(scores):.1f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sparse-reg evaluate / export-policy
+
+
+def evaluate_command(path: str | Path, *, checkpoint: str = "latest", episodes: int = 10, seed: int = 0,
+                     as_json: bool = False) -> int:
+    """``sparse-reg evaluate``: roll out a saved agent and print its return (or the result as JSON)."""
+    from .training.agent import load_agent
+
+    result = load_agent(path, checkpoint=checkpoint).evaluate(episodes=episodes, seed=seed)
+    print(json.dumps(result, indent=2) if as_json else
+          f"step {result['step']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} "
+          f"over {episodes} episodes, normalised score {result['normalized_score']:.1f}")
+    return 0
+
+
+def export_policy_command(path: str | Path, out: str | Path, *, checkpoint: str = "latest") -> int:
+    """``sparse-reg export-policy``: write a saved agent's policy as a jax.export file."""
+    from .training.agent import load_agent
+
+    agent = load_agent(path, checkpoint=checkpoint)
+    data = agent.export_policy(out)
+    print(f"policy of {path} (step {agent.step}, {agent.env_id}) -> {out} ({len(data):,} bytes); "
+          "load it with jax.export.deserialize, which needs jax, numpy and flatbuffers (pip install jax flatbuffers; "
+          "jax alone does not bring flatbuffers; see README, 'Policy export')")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sparse-reg demo
+
+
+def demo_command(out: str | Path, *, steps: int, size: int, dataset: str, record: bool = False) -> int:
+    """``sparse-reg demo``: its four runs and table; ``record``: copy them into docs/ and the README."""
+    from .experiments.demo import run_demo
+
+    run_demo(Path(out), steps=steps, size=size, dataset=dataset)
+    if record:
+        from .experiments.demo import record_demo
+
+        recorded = record_demo(Path(out), Path("docs"), Path("README.md"))
+        print(f"recorded the demo's table in {recorded} and README.md")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sparse-reg sweep / reproduce
+
+
+def _sweep(config: str, *, budget: str, runs_dir: str | Path | None, backend: str, address: str | None,
+           workers: int | None, progress: bool, only: list[str], dry_run: bool = False):
+    from .experiments.sweep import run_sweep
+
+    runs_dir = Path(runs_dir) if runs_dir else Path("runs") / budget
+    return run_sweep(config, budget=budget, runs_dir=runs_dir, backend=backend, address=address, workers=workers,
+                     dry_run=dry_run, progress=progress, only=only)
+
+
+def sweep_command(config: str, *, dry_run: bool = False, **options) -> int:
+    """``sparse-reg sweep``: run (or, ``dry_run``, list) an experiment's runs; 1 if any failed.
+    ``options``: budget, runs_dir (default runs/<budget>), backend, address, workers, progress, only."""
+    return 0 if _sweep(config, dry_run=dry_run, **options).ok else 1
+
+
+def reproduce_command(name: str, *, report_dir: str | Path | None = None, **options) -> int:
+    """``sparse-reg reproduce``: sweep the experiment, then write its report (default
+    reports/<budget>/<experiment>) and print where; 1 if any run failed. ``options``: as :func:`sweep_command`'s."""
+    result = _sweep(name, **options)
+    from .experiments.report import write_report
+
+    report_dir = Path(report_dir) if report_dir else Path("reports") / options["budget"] / result.experiment
+    index = write_report(result.runs_dir / result.experiment, report_dir)
+    print(f"report: {index}")
+    return 0 if result.ok else 1
+
 
 # ----------------------------------------------------------------------------- sparse-reg report
 

@@ -1,13 +1,18 @@
 """A trainable network with an optional Sparse-Reg mask beside its parameters.
 
-:class:`MaskedNet` is the one place where a mask touches training:
+:class:`MaskedNet` is how the project's own networks run the one masking rule of
+:mod:`sparse_reg.sparsity` (a thin adapter: the rule itself is there, not here):
 
-* the forward pass of the network *and of its target copy* uses ``θ ⊙ m``;
-* optimizer updates are multiplied by ``m``, so a pruned weight receives no
-  gradient, no Adam-momentum drift and no weight decay: it keeps its value and a
-  later mask can revive it exactly as it was.
+* the forward pass of the network *and of its target copy* uses ``θ ⊙ m`` (:func:`~sparse_reg.sparsity.apply_masks`);
+* an update is :func:`~sparse_reg.sparsity.masked_step`, the step of the optax wrapper
+  ``masked_updates``: a pruned weight receives no gradient, no Adam-momentum drift and no
+  weight decay; it keeps its value and a later mask can revive it exactly as it was.
 
-``mask=None`` means dense (no multiply at all). Algorithms never look at masks;
+The mask is kept beside the params (``mask``), not inside the optimiser state as
+``masked_updates`` keeps it: checkpoints hold ``params, opt_state, mask, target``, and
+:mod:`sparse_reg.sparse_layout` stores the mask in its own layout. Refreshes read and write it
+through :func:`~sparse_reg.sparsity.masks_of` / ``with_masks`` like any other
+network's. ``mask=None`` means dense (no multiply at all). Algorithms never look at masks;
 they call the net and ``apply_gradients``.
 """
 
@@ -17,15 +22,15 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from flax import struct
 
-PyTree = Any
+from .sparsity import PyTree, apply_masks, masked_step
 
 
 def apply_mask(params: PyTree, mask: PyTree | None) -> PyTree:
-    return params if mask is None else jax.tree_util.tree_map(jnp.multiply, params, mask)
+    """θ ⊙ m (:func:`~sparse_reg.sparsity.apply_masks`); ``params`` themselves where there is no mask."""
+    return params if mask is None else apply_masks(params, mask)
 
 
 class MaskedNet(struct.PyTreeNode):
@@ -69,12 +74,17 @@ class MaskedNet(struct.PyTreeNode):
         return self.module.apply(variables, *inputs, train=True, rngs={"dropout": dropout_key})
 
     def apply_gradients(self, grads: PyTree) -> "MaskedNet":
-        # The optimizer sees θ ⊙ m: parameter-dependent terms (L1's sign(θ), AdamW's decay)
-        # vanish for pruned weights, so their Adam moments only decay; the update mask
-        # then guarantees they do not move at all.
-        updates, opt_state = self.tx.update(grads, self.opt_state, apply_mask(self.params, self.mask))
-        updates = apply_mask(updates, self.mask)
+        """One step of ``tx``: :func:`~sparse_reg.sparsity.masked_step` with this net's mask (a plain
+        step while it is dense)."""
+        if self.mask is None:
+            updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        else:
+            updates, opt_state = masked_step(self.tx.update, grads, self.opt_state, self.params, self.mask)
         return self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state)
+
+    def with_mask(self, mask: PyTree | None) -> "MaskedNet":
+        """This net with ``mask`` (what :func:`~sparse_reg.sparsity.with_masks` calls)."""
+        return self.replace(mask=mask)
 
     def soft_update_target(self, tau: float) -> "MaskedNet":
         target = jax.tree_util.tree_map(lambda p, t: tau * p + (1.0 - tau) * t, self.params, self.target)

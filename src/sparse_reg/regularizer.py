@@ -30,13 +30,13 @@ from .sparsity import (
     PyTree,
     Schedule,
     SparseRegConfig,
-    _mask_of,
     _network,
     _with_network,
     first_key,
     loss_value,
     masked_params,
     masked_updates,
+    masks_of,
     refresh_masks,
     weight_sparsity,
 )
@@ -172,7 +172,7 @@ class SparseReg:
 
     def masks(self, agent: Any) -> dict:
         """``{name: masks}`` of every network (one pytree each, shaped like its params)."""
-        return {name: _mask_of(_network(agent, name), name) for name in self.losses}
+        return {name: masks_of(_network(agent, name), name) for name in self.losses}
 
     def weight_sparsity(self, agent: Any) -> dict:
         """``{name: fraction of its prunable entries masked}``."""
@@ -202,7 +202,7 @@ class SparseReg:
 
 def _move_pruned(net: Any) -> Any:
     """``net`` with every pruned entry of its params (and of same-shaped fields, e.g. target_params) moved by 1 + |θ|."""
-    masks = _mask_of(net, None)
+    masks = masks_of(net)
     structure = jax.tree_util.tree_structure(net.params)
 
     def move(tree):

@@ -12,9 +12,11 @@ that network with. A mask refresh, for every such network:
 Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or only at
 step 0 when ``until == 0`` (SFI, single shot at initialisation). A scorer is one function
 ``scores(params, grads, key)`` (:data:`MASK_SCORERS`): SNIP is the method; ``magnitude``
-(|θ|) and ``random`` are the pruning literature's controls, same top-k and schedule. Applying the mask in
-forward passes and updates is :class:`sparse_reg.masked_net.MaskedNet`'s job (or, for
-any optax optimiser, :func:`masked_updates`'s and :func:`apply_masks`'). Nothing
+(|θ|) and ``random`` are the pruning literature's controls, same top-k and schedule. Applying the
+mask is one rule, here: :func:`apply_masks` in forward passes, :func:`masked_step` in updates
+(through the optax wrapper :func:`masked_updates`, or :class:`sparse_reg.masked_net.MaskedNet`,
+which keeps its mask beside its params and runs the same step). Where a network keeps its masks
+is read and written in one place, :func:`masks_of` / :func:`with_masks`. Nothing
 here knows any algorithm: a new algorithm only declares its losses.
 
 Scoring the full network (step 1) and keeping pruned weights at their values is what the
@@ -35,6 +37,7 @@ project (a Flax ``TrainState``, Haiku params, a dict)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple
@@ -42,8 +45,6 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
-from .masked_net import MaskedNet
 
 PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, Any]]  # (state, batch, key) -> (loss, aux)
@@ -105,8 +106,7 @@ class SparseRegConfig:
     def __post_init__(self):
         if self.scorer not in MASK_SCORERS:
             raise ValueError(f"unknown mask scorer {self.scorer!r}: choose one of {', '.join(MASK_SCORERS)}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_sparsity(self.sparsity)
         if self.interval <= 0:
             raise ValueError(f"mask interval must be positive, got {self.interval}")
         if self.until < 0:
@@ -129,21 +129,45 @@ class SparseRegConfig:
     @property
     def last_refresh(self) -> int:
         """The step of the last mask refresh; from there on the masks never change."""
-        return (self.until - 1) // self.interval * self.interval if self.until > 0 else 0
+        return self.schedule.last_refresh
+
+    def to_dict(self) -> dict:
+        """As runs record it (config.json and summary.json, key ``sparse_reg``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SparseRegConfig":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
-def resolve_sparsity(value: str | float, train_size: int) -> float:
-    """``"auto"`` -> 0.95 up to 25k training transitions, 0.75 above (the paper's rule)."""
+AUTO = "auto"
+
+
+def check_sparsity(value: float) -> float:
+    """``value`` if it is a fraction pruned in [0, 1), else ValueError: the one range check."""
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(f"sparsity must be in [0, 1), got {value}")
+    return float(value)
+
+
+def parse_sparsity(value: str | float) -> str | float:
+    """A sparsity as given (a number, its text, or "auto" in any case) as :data:`AUTO` or a checked float."""
     if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return 0.95 if train_size <= AUTO_SMALL_DATA_LIMIT else 0.75
+        if value.strip().lower() == AUTO:
+            return AUTO
         try:
             value = float(value)
         except ValueError:
             raise ValueError(f"sparsity must be 'auto' or a number in [0, 1), got {value!r}") from None
-    if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ValueError(f"sparsity must be in [0, 1), got {value}")
-    return float(value)
+    return check_sparsity(value)
+
+
+def resolve_sparsity(value: str | float, train_size: int) -> float:
+    """``"auto"`` -> 0.95 up to 25k training transitions, 0.75 above (the paper's rule)."""
+    level = parse_sparsity(value)
+    if level == AUTO:
+        return 0.95 if train_size <= AUTO_SMALL_DATA_LIMIT else 0.75
+    return level
 
 
 # --------------------------------------------------------------------------------------
@@ -236,9 +260,7 @@ def _keep_fraction(sparsity: float | None, keep: float | None) -> float:
     if (sparsity is None) == (keep is None):
         raise TypeError("give exactly one of sparsity= (fraction pruned, in [0, 1)) or keep= (fraction kept, in (0, 1])")
     if keep is None:
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-        return 1.0 - sparsity
+        return 1.0 - check_sparsity(sparsity)
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     return keep
@@ -374,15 +396,24 @@ class MaskedUpdatesState(NamedTuple):
     inner_state: optax.OptState
 
 
+def masked_step(
+    update: Callable, updates: PyTree, state: optax.OptState, params: PyTree | None, masks: PyTree, **extra_args
+) -> tuple[PyTree, optax.OptState]:
+    """One optimiser step under ``masks``, the rule every masked network trains with: ``update`` (an
+    optax ``update`` function) sees the params ``θ ⊙ m`` (so weight decay and L1 terms vanish for
+    pruned weights) and its updates are multiplied by ``m``: a pruned weight gets no gradient step,
+    no Adam-momentum drift and no decay. Returns (masked updates, ``update``'s new state)."""
+    masked = None if params is None else apply_masks(params, masks)
+    updates, state = update(updates, state, masked, **extra_args)
+    return apply_masks(updates, masks), state
+
+
 def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """Wrap an optax optimiser so that only the weights the current mask keeps are trained.
 
     The state holds the masks (all ones at ``init``; replace them with :func:`set_masks`).
-    Each update gives ``inner`` the params ``θ ⊙ m`` (so weight decay and L1 terms vanish for
-    pruned weights) and multiplies its updates by ``m``: a pruned weight gets no gradient
-    step, no Adam-momentum drift and no decay. It keeps its value, and a later mask that
-    keeps it again revives it as it was. This is :meth:`MaskedNet.apply_gradients` as an
-    optax transformation; the forward pass still has to use ``apply_masks(params, masks)``.
+    Each update is :func:`masked_step`: a pruned weight keeps its value, and a later mask that
+    keeps it again revives it as it was. The forward pass still has to use ``apply_masks(params, masks)``.
     """
 
     inner = optax.with_extra_args_support(inner)  # pass on extra arguments (e.g. value=) to optimisers that take them
@@ -391,9 +422,8 @@ def masked_updates(inner: optax.GradientTransformation) -> optax.GradientTransfo
         return MaskedUpdatesState(masks=dense_masks(params), inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
-        masked_params = None if params is None else apply_masks(params, state.masks)
-        updates, inner_state = inner.update(updates, state.inner_state, masked_params, **extra_args)
-        return apply_masks(updates, state.masks), MaskedUpdatesState(state.masks, inner_state)
+        updates, inner_state = masked_step(inner.update, updates, state.inner_state, params, state.masks, **extra_args)
+        return updates, MaskedUpdatesState(state.masks, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -473,8 +503,15 @@ def _with_network(state: Any, name: str | None, net: Any) -> Any:
     return state.replace(**{name: net})
 
 
-def _mask_of(net: Any, name: str | None) -> PyTree | None:
-    if isinstance(net, MaskedNet):
+def _holds_own_mask(net: Any) -> bool:
+    return callable(getattr(net, "with_mask", None))
+
+
+def masks_of(net: Any, name: str | None = None) -> PyTree | None:
+    """The masks of a network, from where it keeps them: beside its params (a :class:`MaskedNet`, whose
+    ``mask`` is None while it is dense) or in its optimiser state (a train state with ``params`` and
+    ``opt_state`` whose tx is :func:`masked_updates`). ``name``: the network's name, for errors."""
+    if _holds_own_mask(net):
         return net.mask
     if hasattr(net, "params") and hasattr(net, "opt_state"):
         try:
@@ -487,10 +524,20 @@ def _mask_of(net: Any, name: str | None) -> PyTree | None:
     )
 
 
-def _with_mask(net: Any, mask: PyTree | None) -> Any:
-    if isinstance(net, MaskedNet):
-        return net.replace(mask=mask)
+def with_masks(net: Any, mask: PyTree | None) -> Any:
+    """``net`` with ``mask`` where :func:`masks_of` reads it (None: all ones, the dense network)."""
+    if _holds_own_mask(net):
+        return net.with_mask(mask)
     return net.replace(opt_state=set_masks(net.opt_state, dense_masks(net.params) if mask is None else mask))
+
+
+def with_all_ones_masks(state: Any, networks) -> Any:
+    """Give every network in ``networks`` a mask of all ones (the dense network), so that the state has
+    the structure it keeps through every later refresh (jit, scan, checkpoints)."""
+    for name in networks:
+        net = _network(state, name)
+        state = _with_network(state, name, with_masks(net, jax.tree_util.tree_map(jnp.ones_like, net.params)))
+    return state
 
 
 def loss_value(out: Any) -> jax.Array:
@@ -513,8 +560,8 @@ def network_masks(
     """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones
     (or the masks of another of :data:`MASK_SCORERS`)."""
     net = _network(state, name)
-    _mask_of(net, name)  # a clear error for what is not a network
-    dense_net = _with_mask(net, None)
+    masks_of(net, name)  # a clear error for what is not a network
+    dense_net = with_masks(net, None)
 
     def loss_of_params(params):
         return loss_value(loss_fn(_with_network(state, name, dense_net.replace(params=params)), batch, key))
@@ -573,10 +620,10 @@ def refresh_masks(
         for subkey, (name, loss_fn) in zip(keys, losses.items())
     }
     stats = {
-        name: mask_statistics(mask, _mask_of(_network(state, name), name), is_prunable)
+        name: mask_statistics(mask, masks_of(_network(state, name), name), is_prunable)
         for name, mask in new_masks.items()
     }
-    refreshed = {name: _with_mask(_network(state, name), mask) for name, mask in new_masks.items()}
+    refreshed = {name: with_masks(_network(state, name), mask) for name, mask in new_masks.items()}
     # How much the refresh moves each network's loss on the scoring batch: reviving frozen weights
     # at their old values and dropping trained ones can change the function a lot.
     for subkey, (name, loss_fn) in zip(keys, losses.items()):
@@ -642,7 +689,7 @@ def weight_sparsity(net: Any, is_prunable: Prunable | None = None) -> float:
 
     ``net``: a :class:`MaskedNet` or a TrainState whose optimiser is :func:`masked_updates`.
     """
-    mask = _mask_of(net, None)
+    mask = masks_of(net)
     if mask is None:
         return 0.0
     return float(mask_statistics(mask, mask, is_prunable)["total"]["sparsity"])

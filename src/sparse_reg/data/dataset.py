@@ -114,7 +114,7 @@ class Dataset:
             digest.update(array.tobytes())
         return digest.hexdigest()[:16]
 
-    def identity(self) -> dict:
+    def record(self) -> dict:
         """What a run records about its data: name, size and fingerprint."""
         return {"name": self.name, "transitions": len(self), "fingerprint": self.fingerprint()}
 
@@ -135,7 +135,8 @@ class Normalizer:
         )
 
     @classmethod
-    def identity(cls, obs_dim: int) -> "Normalizer":
+    def passthrough(cls, obs_dim: int) -> "Normalizer":
+        """The normaliser that changes nothing (mean 0, std 1)."""
         return cls(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
 
     def __call__(self, observations):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..data.reference import D4RL_REFERENCE_SCORES, env_family
-from ..sparsity import resolve_sparsity
+from ..sparsity import AUTO, parse_sparsity
 from ..training.config import RunConfig
 from ..training.logging import MASKS_FILE, METRICS_FILE, read_rows
 from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE
@@ -64,9 +64,8 @@ def run_variant(config: Mapping[str, Any], tags: Mapping[str, Any] | None = None
     if tags and tags.get("variant"):
         return str(tags["variant"])
     parts = []
-    sparsity = config.get("sparsity", 0.0)
-    is_auto = isinstance(sparsity, str) and sparsity.strip().lower() == "auto"
-    level = None if is_auto else resolve_sparsity(sparsity, 0)
+    level = parse_sparsity(config.get("sparsity", 0.0))
+    is_auto = level == AUTO
     if is_auto or level:
         name = "sfi" if config.get("mask_until") == 0 else SPARSE
         name = name if is_auto else f"{name}{100 * level:g}"

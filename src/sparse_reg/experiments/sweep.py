@@ -390,10 +390,10 @@ def run_state(run: SweepRun) -> tuple[str, str]:
     finished, checkpoint = is_finished(out), (out / CHECKPOINT_FILE).exists()
     if finished or checkpoint:
         try:
-            existing = RunConfig.of_run(out).identity()
+            existing = RunConfig.of_run(out).result_fields()
         except (OSError, ValueError, TypeError) as error:
             return CONFLICT, f"{out} holds a run whose {CONFIG_FILE} cannot be read ({error})"
-        wanted = run.job.config.identity()  # e.g. a dense run is the same run whatever its mask schedule
+        wanted = run.job.config.result_fields()  # e.g. a dense run is the same run whatever its mask schedule
         if existing != wanted:
             diff = ", ".join(f"{k} {existing.get(k)!r} (wanted {wanted[k]!r})"
                              for k in wanted if existing.get(k) != wanted[k])

@@ -18,12 +18,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 from flax import serialization
 
 from .run_directory import CHECKPOINT_FILE, LEGACY_CHECKPOINT_INFO, atomic_write
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .prepare import PreparedData
 
 MAGIC = b"sparse-reg-ckpt2"
 _DIGEST_BYTES = 32
@@ -105,3 +109,35 @@ def checkpoint_step(directory: Path) -> int | None:
         return read_checkpoint(Path(directory)).step
     except (OSError, ValueError):
         return None
+
+
+def checkpoint_to_resume(out: Path) -> Checkpoint:
+    """``out``'s checkpoint, or a CheckpointError that says how to go on."""
+    try:
+        return read_checkpoint(out)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {error}; start the run again with --overwrite") from None
+
+
+def checkpoint_info(config: "RunConfig", data: "PreparedData", masked: bool) -> dict:
+    """The run facts a checkpoint carries beside the state: enough to rebuild the agent without the
+    data (``load_agent``) and to check a resume (config, data fingerprint)."""
+    return {
+        "config": config.to_dict(),  # the run's identity: a resume or a load checks config.json against it
+        "obs_dim": data.train.obs_dim,
+        "action_dim": data.train.action_dim,
+        "sparse": masked,  # whether the state's networks carry masks (the template's structure)
+        "env_id": data.env_id,
+        "normalizer": data.normalizer.to_dict(),
+        "reference": data.reference_record(),
+        "data": data.data_record,
+    }
+
+
+def restore_train_state(checkpoint: Checkpoint, template: Any, out: Path) -> Any:
+    """The (agent state, data key) of ``checkpoint``, checked against the step it was saved at."""
+    state, key = checkpoint.restore(template)
+    counter = getattr(state, "step", None)  # algorithms that count their updates
+    if counter is not None and int(counter) != checkpoint.step:
+        raise CheckpointError(f"{out}: checkpoint of step {checkpoint.step} holds a state at update {int(counter)}")
+    return state, key

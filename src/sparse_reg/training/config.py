@@ -14,7 +14,7 @@ from ..data.reference import parse_reference
 from ..networks import NetworkConfig
 from ..provenance import parse_count
 from ..sparse_layout import FROZEN_LAYOUTS
-from ..sparsity import MASK_SCORERS, SparseRegConfig, resolve_sparsity
+from ..sparsity import MASK_SCORERS, SparseRegConfig, parse_sparsity, resolve_sparsity
 from .run_directory import CONFIG_FILE, RunFileError, read_json
 
 SUBSAMPLE_MODES = ("trajectories", "first")
@@ -118,7 +118,7 @@ class RunConfig:
             raise ValueError("l1 and weight_decay must be >= 0")
         if self.frozen_layout not in FROZEN_LAYOUTS:
             raise ValueError(f"frozen_layout must be one of {FROZEN_LAYOUTS}, got {self.frozen_layout!r}")
-        self.sparse_reg_config(1)  # raises on a bad sparsity
+        parse_sparsity(self.sparsity)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
 
     @staticmethod
@@ -140,7 +140,10 @@ class RunConfig:
         )
 
     def sparse_reg_config(self, train_size: int) -> SparseRegConfig:
-        """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it)."""
+        """Sparse-Reg's settings for ``train_size`` training transitions ("auto" depends on it).
+
+        The trainer resolves them once per run and records them (``sparse_reg`` in config.json and
+        summary.json); what reads a run reads them back from there (:func:`recorded_sparse_reg`)."""
         return SparseRegConfig(
             resolve_sparsity(self.sparsity, train_size), self.mask_interval, self.mask_until, self.mask_scorer
         )
@@ -154,9 +157,9 @@ class RunConfig:
 
     @property
     def dense(self) -> bool:
-        return not self.sparse_reg_config(1).enabled  # "auto" is never dense, whatever the size
+        return parse_sparsity(self.sparsity) == 0.0  # "auto" is never dense, whatever the size
 
-    def identity(self) -> dict:
+    def result_fields(self) -> dict:
         """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a
         dense run (it has no masks) and without the frozen phase's layout (it changes speed, and
         results only at float32 rounding), so that two configs equal here train the same run."""
@@ -190,6 +193,16 @@ class RunConfig:
     def of_run(cls, directory: str | Path) -> "RunConfig":
         """The config a run directory records (OSError or ValueError naming the file if it cannot be read)."""
         return cls.load(Path(directory) / CONFIG_FILE)
+
+
+def recorded_sparse_reg(record: dict) -> SparseRegConfig | None:
+    """The resolved Sparse-Reg settings a run's config.json or summary.json records (key
+    ``sparse_reg``), or None for runs of versions that did not record them."""
+    recorded = record.get(SPARSE_REG_KEY)
+    return SparseRegConfig.from_dict(recorded) if isinstance(recorded, dict) else None
+
+
+SPARSE_REG_KEY = "sparse_reg"
 
 
 def _whole_number(name: str, value, counts: bool = True) -> int:

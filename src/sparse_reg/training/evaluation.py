@@ -1,9 +1,19 @@
-"""Evaluation: batched policy rollouts and the behaviour-cloning MSE overfitting signal."""
+"""Evaluation: batched policy rollouts, the behaviour-cloning MSE overfitting signal, and the
+evaluators that turn them into a row of metrics.csv.
+
+At each evaluation the trainer runs every seed's episodes (one batched rollout), then, per run,
+calls each evaluator with an :class:`EvaluationContext` and joins the columns they return into
+the row (later evaluators may replace earlier columns). ``train(..., evaluators=...)`` takes
+them, as d3rlpy's ``fit(evaluators=...)`` does; :data:`DEFAULT_EVALUATORS` is the project's
+evaluation (the returns and the actor's action MSE on the training and validation data).
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import gymnasium as gym
 import jax
@@ -11,6 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.collect import quiet_mujoco_model_warnings
+from ..data.dataset import ReferenceScores
+from .logging import METRICS_COLUMNS
+
+if TYPE_CHECKING:
+    from ..algorithms import Algorithm
+    from .prepare import SeedRun
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]  # raw observations (n, obs_dim) -> actions (n, action_dim)
 
@@ -94,3 +110,62 @@ def make_action_mse(act: Callable, chunk: int = 16_384) -> Callable:
 def evaluation_seed(run_seed: int, step: int) -> int:
     """Environment seed of the evaluation at ``step``: fixed per (run seed, step)."""
     return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0])
+
+
+def normalized_score(reference: ReferenceScores | None, episode_return: float) -> float:
+    """The D4RL-style score of a return (NaN without reference scores)."""
+    return float(reference.normalize(episode_return)) if reference is not None else math.nan
+
+
+# ----------------------------------------------------------------------------- evaluators
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """What an evaluator sees of one run at one evaluation."""
+
+    run: "SeedRun"  # its config, data (subsets, normaliser, reference) and device batches
+    algorithm: "Algorithm"
+    state: Any  # the agent's state (masks applied by its networks)
+    step: int
+    returns: np.ndarray  # the returns of this evaluation's episodes
+
+
+Evaluator = Callable[[EvaluationContext], dict]  # -> {column: number}
+
+
+def returns_evaluator(context: EvaluationContext) -> dict:
+    """The episodes' mean and std return, and the mean's normalised score."""
+    returns = context.returns
+    return {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "normalized_score": normalized_score(context.run.data.reference, np.mean(returns)),
+    }
+
+
+def action_mse_evaluator(context: EvaluationContext) -> dict:
+    """The actor's action MSE on the training data and on the held-out validation episodes."""
+    mse = make_action_mse(context.algorithm.act)
+    train, validation = context.run.train_batch, context.run.validation_batch
+    return {
+        "train_mse": mse(context.state, train.observations, train.actions),
+        "validation_mse": (
+            mse(context.state, validation.observations, validation.actions) if validation is not None else math.nan
+        ),
+    }
+
+
+DEFAULT_EVALUATORS: tuple[Evaluator, ...] = (returns_evaluator, action_mse_evaluator)
+
+
+def evaluation_row(context: EvaluationContext, evaluators: Sequence[Evaluator], metrics: dict, wall_s: float) -> dict:
+    """One line of metrics.csv: the step, the evaluators' columns, the chunk's losses, the wall time."""
+    row: dict = {"step": context.step}
+    for evaluator in evaluators:
+        row.update(evaluator(context))
+    missing = [c for c in METRICS_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"the evaluators give no {', '.join(missing)}: every run logs them (its summary and resume "
+                         "read them); keep sparse_reg.training.evaluation.DEFAULT_EVALUATORS among them")
+    return {**row, **{k: float(v) for k, v in metrics.items()}, "wall_s": round(wall_s, 2)}

@@ -126,7 +126,7 @@ def finished_as_configured(job: Job) -> bool:
     if not is_finished(job.out):
         return False
     try:
-        return RunConfig.of_run(job.out).identity() == job.config.identity()
+        return RunConfig.of_run(job.out).result_fields() == job.config.result_fields()
     except (ValueError, TypeError, OSError):  # a missing, unreadable or older config: train as asked
         return False
 

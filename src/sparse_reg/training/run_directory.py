@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json          the RunConfig, plus what data it was trained on ("data")
+    config.json          the RunConfig, plus what data it was trained on ("data") and the Sparse-Reg
+                         settings resolved when it started ("sparse_reg"; not in runs of older versions)
     checkpoint.msgpack   the latest checkpoint: step, run facts (the config among them: a resume
                          refuses a config.json that no longer matches it) and the whole train
                          state, one file
@@ -29,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO
 
@@ -53,6 +55,10 @@ class RunInUseError(RuntimeError):
 class RunFileError(ValueError):
     """A file of a run directory is damaged or does not belong to the run; the message names the
     file and how to recover."""
+
+
+class RunDirectoryError(FileExistsError):
+    """A run's output path cannot be used as asked (a file, a directory of something else)."""
 
 
 def lock_run(directory: str | os.PathLike) -> IO:
@@ -113,6 +119,46 @@ def run_directory_of(path: str | os.PathLike) -> Path:
     """The run directory of ``path``: the directory itself, or the one holding a file inside it."""
     path = Path(path)
     return path.parent if path.is_file() else path
+
+
+def check_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """Raise if ``out`` cannot be used as asked; changes nothing on disk.
+
+    A resume of a run killed before its first checkpoint starts it again (it has nothing to lose);
+    a directory with other files in it, or none at all, is not such a run."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"output path {out} exists and is not a directory")
+    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        raise RunDirectoryError(f"output path {out} lies under a file, not a directory")
+    if resume:
+        if has_checkpoint(out):
+            return
+        entries = run_entries(out)
+        if not entries:
+            raise FileNotFoundError(f"cannot resume: no run in {out} (no checkpoint): drop --resume to start it")
+        others = sorted(p.name for p in entries if not is_unfinished_run_file(p.name))
+        if others:
+            raise RunDirectoryError(
+                f"cannot resume: no checkpoint in {out}, and it holds {', '.join(others[:3])}"
+                f"{' ...' if len(others) > 3 else ''}, not files of an unfinished run: use --overwrite to replace it"
+            )
+        return
+    if run_entries(out) and not overwrite:
+        raise RunDirectoryError(f"output directory {out} already exists and is not empty: use --resume or --overwrite")
+
+
+def prepare_run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """Empty ``out`` for a fresh run (its lock, held by this process, stays); on resume, remove the
+    temporaries a process killed while writing left."""
+    check_run_directory(out, resume, overwrite)
+    if resume:
+        remove_temporaries(out)
+        return
+    for entry in run_entries(out):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
