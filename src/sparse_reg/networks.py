@@ -102,6 +102,8 @@ class MLP(nn.Module):
     def __call__(self, x, train: bool = False):
         if not self.is_initializing() and SPARSE_KERNELS in self.variables:
             return self._feature_major(x, self.variables["params"], self.variables[SPARSE_KERNELS])
+        if not self.is_initializing() and isinstance(self.variables["params"]["Dense_0"]["kernel"], dict):
+            return self._live_units(x, self.variables["params"])
         init = KERNEL_INITS[self.kernel_init]
         for i, width in enumerate(self.hidden_dims):
             penultimate = i == len(self.hidden_dims) - 1
@@ -115,6 +117,29 @@ class MLP(nn.Module):
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.output_dim, kernel_init=init)(x)
+
+    def _live_units(self, x, params):
+        """The same MLP in the live-units layout (sparse_reg.live_layout): each kernel is a dict whose
+        ``block`` is a dense matmul over the layer's first units (permuted so that the live ones come
+        first); the previous layer's next units are constant (no kept input), ``relu(b)``, and reach
+        this layer through ``const``; ``dead`` entries are read by nothing. Hidden biases are whole."""
+        if self.dropout > 0 or self.layer_norm or self.spectral_norm:
+            raise ValueError("live units support plain MLPs only (no dropout, LayerNorm or spectral norm)")
+        depth = len(self.hidden_dims)
+        h, const = x, None
+        for i in range(depth + 1):
+            kernel, bias = params[f"Dense_{i}"]["kernel"], params[f"Dense_{i}"]["bias"]
+            width = kernel["block"].shape[-1]
+            y = h @ kernel["block"]
+            if "const" in kernel:
+                y = y + const @ kernel["const"]
+            y = y + bias[:width]
+            if i == depth:
+                return y
+            following = params[f"Dense_{i + 1}"]["kernel"]
+            if "const" in following:
+                const = nn.relu(bias[width: width + following["const"].shape[-2]])
+            h = nn.relu(y)
 
     def _feature_major(self, x, params, sparse_kernels):
         """The same MLP with activations stored (features, batch): a layer with kept entries only is
