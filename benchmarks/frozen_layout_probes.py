@@ -185,25 +185,13 @@ def live_units_bound(run: str, steps: int = 1000, rounds: int = 7) -> None:
 
     agent = load_agent(run)
     algorithm, trained = agent.algorithm, agent.state
-    counts = {}
+    counts, widths = {}, [0, 0]
     for name in algorithm.losses:
         alive = live_units(getattr(trained, name).mask)
         counts[name] = {layer: (int(live), units) for layer, (live, units) in alive.items()}
-    # Twin critic heads are stacked: each head's live count is at most the layer's count over both heads,
-    # so the per-head width is bounded by the larger head; take the larger of the two head counts.
-    widths = []
-    for layer_index in range(2):
-        per_network = []
-        for name in algorithm.losses:
-            mask = getattr(trained, name).mask
-            kernels = [m for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]
-                       if str(path[-1].key) == "kernel" and f"Dense_{layer_index}" in str(path)]
-            nxt = [m for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]
-                   if str(path[-1].key) == "kernel" and f"Dense_{layer_index + 1}" in str(path)]
-            fed, read = np.any(np.asarray(kernels[0]) != 0, axis=-2), np.any(np.asarray(nxt[0]) != 0, axis=-1)
-            live = (fed & read).reshape(-1, fed.shape[-1]).sum(axis=-1)  # per head
-            per_network.append(int(live.max()))
-        widths.append(max(per_network))
+        # One dense width for all networks: the largest live count of any head (twin critic heads count apart).
+        for index, (live, _) in enumerate(live_units(getattr(trained, name).mask, per_head=True).values()):
+            widths[index] = max(widths[index], int(np.max(live)))
     data = synthetic_batch(10_000, jax.random.PRNGKey(1))
     masked, key = initial_state(RunConfig(algo="iql", sparsity=0.95, steps=steps), OBS_DIM, ACTION_DIM, True)
     masked = masked.replace(**{n: getattr(masked, n).replace(mask=getattr(trained, n).mask) for n in algorithm.losses})

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..algorithms import Algorithm, Batch, get_algorithm
 from ..data.dataset import Dataset
 from ..data.loaders import load_dataset
-from ..live_layout import live_networks, state_to_dense, state_to_live, uses_live_units
+from ..live_layout import LIVE_SCAN_UNROLL, live_networks, state_to_dense, state_to_live, uses_live_units
 from ..sparsity import SparseRegConfig, refresh_masks, with_all_ones_masks
 from .agent import Agent, load_agent
 from .checkpoint import (
@@ -129,7 +129,8 @@ def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lane
             state, metrics = algorithm.update(state, sample_batch(data, batch_key, batch_size))
             return (state, key), metrics
 
-        (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length, unroll=SCAN_UNROLL)
+        unroll = LIVE_SCAN_UNROLL if live_networks(state, algorithm.losses) else SCAN_UNROLL
+        (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length, unroll=unroll)
         # Some metrics are NaN on steps that skip an update (e.g. TD3+BC's delayed actor).
         sums = jax.tree_util.tree_map(lambda m: (jnp.nansum(m, axis=0), jnp.sum(~jnp.isnan(m), axis=0)), metrics)
         return state, key, sums
