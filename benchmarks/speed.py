@@ -33,11 +33,6 @@ from sparse_reg.data.collect import collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 from sparse_reg.live_layout import LiveNet, block_fraction, live_networks, state_to_dense, state_to_live
 from sparse_reg.sparsity import SparseRegConfig, live_units
-
-try:  # the kept-values layout (issue 16), measured here beside live units while it exists
-    from sparse_reg.sparse_layout import state_to_sparse
-except ImportError:
-    state_to_sparse = None
 from sparse_reg.training.compile_cache import CACHE_ENV
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
@@ -386,8 +381,6 @@ def layout_updates(algo: str, steps: int, rounds: int, warmup: int) -> dict:
         jax.block_until_ready(run(state, key, batch, steps))
         compile_s[name] = round(first - (time.perf_counter() - started), 2)
     variants = {"masked": masked, "live_units": live, "dense": dense}
-    if state_to_sparse is not None:
-        variants["kept_values"] = state_to_sparse(masked, algorithm.losses)
     times = interleaved_seconds({name: (lambda s=s: run(s, key, batch, steps)) for name, s in variants.items()}, rounds)
     after_masked, _, sums_masked = run(masked, key, batch, steps)
     after_live, _, sums_live = run(live, key, batch, steps)
@@ -402,7 +395,6 @@ def layout_updates(algo: str, steps: int, rounds: int, warmup: int) -> dict:
         "live_units_vs_masked_median": median_ratio("masked", "live_units"),
         "live_units_vs_dense_median": median_ratio("dense", "live_units"),
         "dense_vs_masked_median": median_ratio("masked", "dense"),
-        **({"kept_values_vs_masked_median": median_ratio("masked", "kept_values")} if "kept_values" in times else {}),
         "live_units_vs_masked_per_round": [round(m / x, 3) for m, x in zip(times["masked"], times["live_units"])],
         "compile_s_of_a_scan": compile_s,
         "networks": layout_description(masked, live, algorithm.losses),

@@ -3,36 +3,44 @@
 At 95% sparsity SNIP leaves many hidden units with no kept input or no kept output weight. Between
 two mask refreshes (and after the last one) the masks do not change, so :func:`to_live` cuts every
 layer of a :class:`MaskedNet`'s MLP to a dense block over its live units (still masked inside it)
-and :func:`to_dense` gives back the ``MaskedNet`` the dense-masked path would hold at the same step,
-so mask refreshes, evaluations, checkpoints and summaries never see this layout.
+and :func:`to_dense` gives back the ``MaskedNet`` the dense-masked path would hold at the same step.
+The trainer converts at the start of a stretch of chunks with fixed masks and back before the next
+refresh, evaluation or the end, so refreshes, evaluations, checkpoints, resumes and summaries never
+see this layout.
 
 For hidden layer ``i`` a unit ``j`` is *live* when it has a kept input (column ``j`` of ``Dense_i``)
 and a kept output (row ``j`` of ``Dense_{i+1}``); *constant* when it has kept outputs but no kept
 input (its activation is ``relu(b_j)`` for every input); *dead* when it has kept inputs but no kept
 output (nothing reads it); *unused* otherwise. The units of each layer are permuted to
-``[live | constant | dead | unused]`` and the layer keeps, per ``Dense_i`` kernel (a dict in the
-``params`` tree where the dense path has one matrix):
+``[live | constant | dead | unused]`` and each ``Dense_i`` kernel becomes a dict in the ``params``
+tree (and alike in the mask, the target copy and the optimizer moments):
 
 * ``block``: the rows of the previous layer's first ``c_{i-1}`` units (all inputs for ``Dense_0``)
   by the columns of this layer's first ``c_i`` units (all outputs for the last layer), dense;
 * ``const``: the rows of the previous layer's next ``k_{i-1}`` units (its constant ones), by the
-  same columns; the forward pass adds ``relu(b[c:c+k]) @ const`` (biases still trained);
-* ``dead``: every other kept entry, as a list of values (``indices`` in ``layout``): nothing reads
-  them, so their loss gradient is zero, but the optimizer still moves them as the dense path does
-  (Adam's moments, L1's sign term, AdamW's decay), so they stay trainable leaves.
+  same columns; the forward pass adds ``relu(b[c:c+k]) @ const`` (their biases still trained);
+* ``dead``: every other kept entry, as a list of values: nothing reads them, so their loss gradient
+  is zero, but the optimizer still moves them as the masked path does (Adam's moments, L1's sign
+  term, AdamW's decay), so they stay trainable leaves.
 
 Hidden biases stay whole, permuted. Heads stacked on a leading axis (a twin critic) and vmapped
-runs (lanes) have their own live sets: every slice is padded to the largest count, with the next
+runs (lanes) have their own live sets: every slice is padded to the largest count with the next
 units of its own order (a constant unit inside the block computes ``relu(b_j)`` exactly, a dead or
-unused one contributes exact zeros); ``c`` and ``k`` are rounded up to a multiple of ``multiple``
-so that nearby layouts share a compiled program.
+unused one contributes exact zeros and gets exact zero gradients); ``c`` and ``k`` are rounded up to
+a multiple of ``WIDTH_MULTIPLE`` so that nearby layouts share a compiled program.
 
-Everything outside these leaves is pruned and never moves: as in :mod:`sparse_layout`, its target
-entries drift toward the frozen parameter by ``Π(1 − τ)`` and its optimizer moments decay by a factor
-a *probe* tracks (at :func:`to_dense`, the optimizer run on zero gradients for as many updates as the
-net took, one scalar per leaf, moments started at one), so :func:`to_dense` is
-exact up to float32 rounding, pruned parameters bit-identical. The forward pass is
+Every entry outside these leaves is pruned and does not move on the masked path either. Its target
+entries drift toward the frozen parameter, ``t_n = t_0 + (1 − Π(1 − τ)) (p − t_0)``, so the product
+is tracked; its optimizer moments decay on zero gradients by a factor a *probe* gives at
+:func:`to_dense`: the optimizer run on zero gradients and parameters, one scalar per leaf, moments
+started at one, for as many updates as the net took (which holds for any optimizer whose state decays
+linearly under zero gradients: Adam, AdamW, L1 added to the gradient). So :func:`to_dense` is exact up
+to float32 rounding, and pruned parameters are bit-identical. The forward pass is
 ``networks.MLP._live_units``; algorithms never see this module.
+
+This replaces the kept-values layout of issue 16 (after the last refresh, layers stored as their kept
+entries with sparse matmuls), which measured slower than live units for every algorithm
+(docs/performance.md) and was removed.
 """
 
 from __future__ import annotations
@@ -47,13 +55,13 @@ import numpy as np
 import optax
 
 from .masked_net import MaskedNet, PyTree
-from .networks import supports_sparse_kernels
+from .networks import supports_live_units
 
 # How a sparse run lays out the chunks between mask changes: "live-units" (this module), "masked"
 # (dense θ ⊙ m), or "auto": live units on a CPU. The config field keeps its first name, ``frozen_layout``.
 FIXED_MASK_LAYOUTS = ("auto", "live-units", "masked")
-# Values older runs recorded: the kept-values layout (sparse matmuls after the last refresh, issue 16)
-# measured slower than live units for every algorithm and was removed; its runs resume on live units.
+# Values older runs recorded: the kept-values layout (module docstring) was removed; runs that name it
+# resume, and new ones run, on live units.
 LEGACY_LAYOUTS = {"kept-values": "live-units"}
 
 # Widths of the live blocks are rounded up to a multiple of this: layouts that differ by a few
@@ -288,7 +296,7 @@ def _roles(tx: optax.GradientTransformation, opt_state: optax.OptState, params: 
 
 def block_fraction(net: MaskedNet, multiple: int = WIDTH_MULTIPLE) -> float | None:
     """The live layout's matmul work over the dense net's (None: the net cannot be converted)."""
-    if net.mask is None or not supports_sparse_kernels(net.module):
+    if net.mask is None or not supports_live_units(net.module):
         return None
     try:
         return max(_Converter(net, multiple).fractions)
@@ -301,7 +309,7 @@ def to_live(net: MaskedNet, multiple: int = WIDTH_MULTIPLE, lanes: int = 1,
     """``net`` in the live-units layout; ``net`` itself if it has no mask, an unsupported module, or
     its live blocks keep more than ``max_fraction`` of the dense matmul work. ``lanes`` > 1: the net's
     leaves carry a leading axis of vmapped runs (the layout's scalars get one too)."""
-    if isinstance(net, LiveNet) or net.mask is None or not supports_sparse_kernels(net.module):
+    if isinstance(net, LiveNet) or net.mask is None or not supports_live_units(net.module):
         return net
     host = jax.device_get(net)
     try:
