@@ -38,16 +38,8 @@ from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
 from sparse_reg.training.logging import read_rows
 from sparse_reg.training.parallel import run_jobs, seed_jobs
-from sparse_reg.training.trainer import (
-    Lanes,
-    PreparedData,
-    chunk_means,
-    initial_state,
-    make_chunk_runner,
-    make_mask_refresher,
-    to_device_batch,
-    train,
-)
+from sparse_reg.training.prepare import PreparedData, initial_state, to_device_batch
+from sparse_reg.training.trainer import Lanes, chunk_means, make_chunk_runner, make_mask_refresher, train
 
 ENV = "HalfCheetah-v5"
 OBS_DIM, ACTION_DIM = 17, 6
