@@ -17,8 +17,11 @@ from sparse_reg.live_layout import (
 )
 from sparse_reg.masked_net import MaskedNet
 from sparse_reg.networks import MLP
+from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
-from sparse_reg.training.trainer import Lanes, chunk_means, initial_state, make_chunk_runner
+from sparse_reg.training.logging import read_rows
+from sparse_reg.training.prepare import initial_state
+from sparse_reg.training.trainer import Lanes, chunk_means, load_agent, make_chunk_runner, train
 
 OBS, ACT = 5, 2
 
@@ -106,7 +109,8 @@ def test_round_trip_is_exact_and_the_layout_has_every_kind_of_unit():
 @pytest.mark.parametrize(
     "algo, run_options",
     [("bc", {}), ("td3bc", {}), ("awac", {}), ("iql", {}), ("iql-paper-code", {}), ("awac-paper-code", {}),
-     ("td3bc", {"l1": 1e-3, "weight_decay": 1e-2})],  # L1's sign term and AdamW's decay move dead units' weights
+     # L1's sign term and AdamW's decay move dead units' weights (IQL: also its value network)
+     ("td3bc", {"l1": 1e-3, "weight_decay": 1e-2}), ("iql", {"l1": 1e-3, "weight_decay": 1e-2})],
 )
 def test_same_training_as_dense_masked(algo, run_options):
     algorithm, state, key = _masked_state(algo, **run_options)
@@ -179,3 +183,41 @@ def test_what_stays_masked():
     assert to_dense(state.actor) is state.actor
     _, with_dropout, _ = _masked_state("bc", dropout=0.1)
     assert to_live(with_dropout.actor) is with_dropout.actor  # dropout, LayerNorm, spectral norm: masked layout
+
+
+def test_a_run_converts_per_stretch_of_fixed_masks_and_resumes_bit_identical(tmp_path, hopper_random):
+    """The trainer on live units against the masked layout, for IQL (three networks): evaluations every 300
+    steps and refreshes every 200 until 400 make chunks of 100, so a stretch with fixed masks spans several
+    chunks (0-200, 200-300, 300-400, 400-600) and ends at a refresh or an evaluation. Same logs to float32
+    rounding; interrupted at its evaluation at 300 and resumed, the same logs and checkpoint bit for bit."""
+
+    class Interrupt(Exception):
+        pass
+
+    options = dict(algo="iql", dataset="hopper-random", size=1500, validation_size=800, steps=600, eval_every=300,
+                   eval_episodes=2, sparsity=0.95, mask_interval=200, mask_until=400, hidden_dims=(32, 32))
+    live, masked = RunConfig(**options, frozen_layout="live-units"), RunConfig(**options, frozen_layout="masked")
+    fast = train(live, tmp_path / "live", dataset=hopper_random, progress=False)
+    train(masked, tmp_path / "masked", dataset=hopper_random, progress=False)
+    assert fast["sparse_layout"] == {"live_units_networks": ["actor", "critic", "value"]}
+    rows_live, rows_masked = (read_rows(tmp_path / d / "metrics.csv") for d in ("live", "masked"))
+    assert [r["step"] for r in rows_live] == [r["step"] for r in rows_masked] == [300, 600]
+    for a, b in zip(rows_live, rows_masked):
+        for key in ("critic_loss", "value_loss", "actor_loss", "train_mse", "validation_mse"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    for a, b in zip(*(read_rows(tmp_path / d / "masks.csv") for d in ("live", "masked"))):
+        assert a == {**b, "loss_before": a["loss_before"], "loss_after": a["loss_after"]}  # the same masks
+
+    def stop_at_300(row):
+        if row["step"] == 300:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(live, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_300)
+    assert checkpoint_step(tmp_path / "cut") == 300
+    train(live, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
+    drop_wall = lambda rows: [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]  # noqa: E731
+    assert drop_wall(read_rows(tmp_path / "cut" / "metrics.csv")) == drop_wall(rows_live)
+    assert read_rows(tmp_path / "cut" / "masks.csv") == read_rows(tmp_path / "live" / "masks.csv")
+    resumed, uninterrupted = load_agent(tmp_path / "cut").state, load_agent(tmp_path / "live").state
+    assert all(np.array_equal(x, y) for x, y in zip(_leaves(resumed), _leaves(uninterrupted)))
