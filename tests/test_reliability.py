@@ -329,7 +329,7 @@ def test_help_lists_the_set_keys_and_explains_its_terms(capsys):
     assert "Keys: bc: learning_rate, batch_size; td3bc: actor_learning_rate" in text
     assert "iql: actor_learning_rate" in text and "expectile, beta" in text
     assert "the paper's 'SFI' runs; runs with refreshes are its 'SPU', periodic updates" in text
-    assert "each layer stored as the values its mask keeps" in text
+    assert "every layer cut to the units its masks leave alive" in text
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "scan unroll" not in readme
     first_iqm = readme.index("IQM")
