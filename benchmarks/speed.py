@@ -4,7 +4,7 @@
     python benchmarks/speed.py --quick         # a smoke run with tiny budgets (numbers meaningless)
     python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
     python benchmarks/speed.py --only seeds    # just 5 seeds vs 1 seed (~5 min), to its own file
-    python benchmarks/speed.py --only frozen   # frozen-mask phase: kept-values layout vs masked vs dense, per update and per whole run (~15 min)
+    python benchmarks/speed.py --only layouts  # live units vs masked vs dense: per update, whole quick-budget IQL runs (~1.5 h)
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -31,19 +31,15 @@ import numpy as np
 from sparse_reg.algorithms import ALGORITHMS, Batch
 from sparse_reg.data.collect import collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
-from sparse_reg.sparse_layout import sparse_networks, state_to_dense, state_to_sparse
-from sparse_reg.sparsity import SparseRegConfig, mask_statistics
+from sparse_reg.live_layout import LiveNet, block_fraction, live_networks, state_to_dense, state_to_live
+from sparse_reg.sparsity import SparseRegConfig, live_units
 from sparse_reg.training.compile_cache import CACHE_ENV
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.evaluation import RolloutEvaluator, make_policy
+from sparse_reg.training.logging import read_rows
 from sparse_reg.training.parallel import run_jobs, seed_jobs
-from sparse_reg.training.trainer import (
-    chunk_means,
-    initial_state,
-    make_chunk_runner,
-    make_mask_refresher,
-    train,
-)
+from sparse_reg.training.prepare import PreparedData, initial_state, to_device_batch
+from sparse_reg.training.trainer import Lanes, chunk_means, make_chunk_runner, make_mask_refresher, train
 
 ENV = "HalfCheetah-v5"
 OBS_DIM, ACTION_DIM = 17, 6
@@ -92,95 +88,6 @@ def interleaved_seconds(programs: dict, rounds: int) -> dict:
             jax.block_until_ready(program())
             times[name].append(time.perf_counter() - started)
     return times
-
-
-def frozen_phase(algo: str, steps: int, rounds: int) -> dict:
-    """The frozen-mask phase of one algorithm: the kept-values layout (sparse_layout) against the
-    dense-masked layout it replaces and a dense network, updates/s and per-round ratios measured
-    in turn; the layers' densities; and how far the two layouts drift apart over ``steps`` updates."""
-    algorithm = ALGORITHMS[algo]
-    config = RunConfig(algo=algo, sparsity=0.95, steps=steps)
-    batch_size = config.algorithm_config().batch_size
-    data = synthetic_batch(10_000, jax.random.PRNGKey(1))
-    masked, key = initial_state(config, OBS_DIM, ACTION_DIM, True)
-    masked, key, _ = make_mask_refresher(algorithm, SparseRegConfig(0.95), batch_size)(masked, key, data)
-    fast = state_to_sparse(masked, algorithm.losses)
-    dense, _ = initial_state(RunConfig(algo=algo, sparsity=0.0, steps=steps), OBS_DIM, ACTION_DIM, False)
-    run = make_chunk_runner(algorithm, batch_size)
-    times = interleaved_seconds(
-        {name: (lambda s=state: run(s, key, data, steps)) for name, state in
-         (("masked", masked), ("sparse_layout", fast), ("dense", dense))},
-        rounds,
-    )
-    after_masked, _, sums_masked = run(masked, key, data, steps)
-    after_fast, _, sums_fast = run(fast, key, data, steps)
-    metrics_masked, metrics_fast = chunk_means([sums_masked]), chunk_means([sums_fast])
-    after_fast = state_to_dense(after_fast, algorithm.losses)
-    return {
-        "updates_per_s": {name: round(steps / min(ts), 1) for name, ts in times.items()},
-        "sparse_layout_vs_masked": {
-            "median": round(statistics.median(m / f for m, f in zip(times["masked"], times["sparse_layout"])), 3),
-            "per_round": [round(m / f, 3) for m, f in zip(times["masked"], times["sparse_layout"])],
-        },
-        "dense_vs_masked_median": round(statistics.median(m / d for m, d in zip(times["masked"], times["dense"])), 3),
-        "layer_density": {
-            name: {layer: round(1 - float(v["sparsity"]), 4)
-                   for layer, v in mask_statistics(getattr(masked, name).mask, None).items() if layer != "total"}
-            for name in algorithm.losses
-        },
-        "kept_values_layers": {name: _indices_paths(getattr(fast, name).indices)
-                               for name in sparse_networks(fast, algorithm.losses)},
-        "max_abs_difference_after_steps": {
-            "params": float(max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-                lambda a, b: jnp.max(jnp.abs(a - b)),
-                [getattr(after_masked, n).params for n in algorithm.losses],
-                [getattr(after_fast, n).params for n in algorithm.losses])))),
-            "metrics": {k: float(abs(metrics_masked[k] - metrics_fast[k])) for k in metrics_masked},
-        },
-    }
-
-
-def _indices_paths(indices) -> list[str]:
-    return ["/".join(str(p.key) for p in path[:-1]) for path, _ in jax.tree_util.tree_flatten_with_path(indices)[0]]
-
-
-def sparse_layer_sweep(rounds: int, length: int = 500) -> list[dict]:
-    """One 256→256 layer, forward and backward (values and inputs), feature-major kept values against
-    ``(θ ⊙ m)ᵀ @ x``: where the sparse matmul pays on this CPU, by density and batch size."""
-    from jax.experimental import sparse as jsparse
-
-    rows = []
-    rng = np.random.default_rng(0)
-    for batch in (256, 1024):
-        for density in (0.01, 0.03, 0.05, 0.08):
-            w = rng.standard_normal((256, 256)).astype(np.float32) / 16
-            m = (rng.random((256, 256)) < density).astype(np.float32)
-            x = jnp.asarray(rng.standard_normal((256, batch)).astype(np.float32))
-            indices = jnp.asarray(np.argwhere(m > 0).astype(np.int32))
-            values = jnp.asarray(w[m > 0])
-
-            def dense_loss(w, x):
-                return jnp.sum(jnp.tanh((w * m) @ x))
-
-            def sparse_loss(v, x):
-                kernel = jsparse.BCOO((v, indices), shape=(256, 256), indices_sorted=True, unique_indices=True)
-                return jnp.sum(jnp.tanh(kernel @ x))
-
-            def chain(loss):
-                def body(carry, _):
-                    p, x = carry
-                    gp, gx = jax.grad(loss, argnums=(0, 1))(p, x)
-                    return (p - 1e-4 * gp, x - 1e-4 * gx), None
-
-                return jax.jit(lambda p: jax.lax.scan(body, (p, x), None, length=length)[0])
-
-            dense_chain, sparse_chain = chain(dense_loss), chain(sparse_loss)
-            w_j = jnp.asarray(w)
-            times = interleaved_seconds({"masked": lambda: dense_chain(w_j), "sparse": lambda: sparse_chain(values)}, rounds)
-            ratio = statistics.median(d / s for d, s in zip(times["masked"], times["sparse"]))
-            rows.append({"batch": batch, "density": density, "sparse_vs_masked_median": round(ratio, 3)})
-            print(f"  layer 256x256, batch {batch}, density {density:.0%}: sparse/masked speed {ratio:.2f}x", flush=True)
-    return rows
 
 
 def flops_per_update(algo: str) -> float:
@@ -316,7 +223,7 @@ def main() -> None:
     os.environ[CACHE_ENV] = "off"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
-    parser.add_argument("--only", choices=["updates", "seeds", "evaluate", "frozen"], default=None,
+    parser.add_argument("--only", choices=["updates", "seeds", "evaluate", "layouts"], default=None,
                         help="measure only updates/s, only 5 seeds vs 1, or only Agent.evaluate (each to its own file)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -335,8 +242,8 @@ def main() -> None:
     }
     if args.only == "seeds":
         return _seeds_only(results, args, device, steps)
-    if args.only == "frozen":
-        return _frozen_only(results, args, device)
+    if args.only == "layouts":
+        return _layouts_only(results, args, device)
     if args.only == "evaluate":
         results.pop("updates_per_s")
         results["agent_evaluate"] = agent_evaluate_seconds(episodes=2 if args.quick else 10)
@@ -403,46 +310,186 @@ def machine_description() -> dict:
     return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def frozen_layout_runs(dataset, work: Path, steps: int, rounds: int, algos=("bc", "iql")) -> dict:
-    """Whole sparse runs (refreshes, evaluations, checkpoints) with the frozen phase on kept weights
-    against the masked layout, run in turn: what the trainer's switch buys end to end. The masks
-    are final after 20% of the steps, as in the paper's protocol."""
+# Table 1's quick budget on its smallest data: what issue 28's targets are stated for.
+QUICK_BUDGET = dict(dataset="halfcheetah-expert-v0", size=5_000, steps=30_000, eval_every=3_000, eval_episodes=5,
+                    mask_interval=5_000, mask_until=6_000)
+
+
+def quick_budget_state(algo: str, warmup: int, seed: int = 0, sparsity: float = 0.95):
+    """(algorithm, masked train state, key, training batch) of a 95%-sparse quick-budget run on real data
+    after ``warmup`` masked updates and the refresh there: at 5,000, the masks such a run trains with from
+    step 5k to its end (refreshes at 0 and 5k); at 0, the first masks."""
+    config = RunConfig(algo=algo, sparsity=sparsity, seed=seed, **QUICK_BUDGET)
+    algorithm, sparse = ALGORITHMS[algo], config.sparse_reg_config(QUICK_BUDGET["size"])
+    data = PreparedData.from_config(config)
+    batch = to_device_batch(data.train, data.normalizer)
+    batch_size = config.algorithm_config().batch_size
+    state, key = initial_state(config, data.train.obs_dim, data.train.action_dim, True)
+    refresh = make_mask_refresher(algorithm, sparse, batch_size)
+    state, key, _ = refresh(state, key, batch)
+    if warmup:
+        state, key, _ = make_chunk_runner(algorithm, batch_size)(state, key, batch, warmup)
+        state, key, _ = refresh(state, key, batch)
+    return algorithm, state, key, batch, config
+
+
+def layout_description(masked, live, names) -> dict:
+    """Per network: live units per hidden layer and head, the live layout's (block, const) widths, and
+    the share of the dense matmul work its blocks keep."""
     out = {}
-    for algo in algos:
-        walls = {"kept-values": [], "masked": []}
-        for _ in range(rounds):
-            for layout in walls:
-                config = RunConfig(algo=algo, dataset="bench", size=5_000, validation_size=5_000, sparsity=0.95,
-                                   steps=steps, eval_every=steps // 4, eval_episodes=2, mask_interval=steps // 10,
-                                   mask_until=steps // 5, frozen_layout=layout)
-                started = time.perf_counter()
-                summary = train(config, work / f"{algo}-{layout}", dataset=dataset, progress=False, overwrite=True)
-                walls[layout].append(time.perf_counter() - started)
-                if layout == "kept-values":
-                    networks = summary["frozen_phase"]["kept_values_networks"]
-        ratio = statistics.median(m / k for m, k in zip(walls["masked"], walls["kept-values"]))
-        out[algo] = {"steps": steps, "wall_s": {k: [round(t, 1) for t in v] for k, v in walls.items()},
-                     "kept_values_speedup_median": round(ratio, 3), "kept_values_networks": networks}
-        print(f"{algo:6s} whole run of {steps:,} steps: masked / kept-values wall time {ratio:.2f}x "
-              f"(kept: {', '.join(networks) or 'none'})", flush=True)
+    for name in names:
+        net, fast = getattr(masked, name), getattr(live, name)
+        row = {"live_units_per_head": {layer: [np.asarray(count).tolist(), units] for layer, (count, units)
+                                       in live_units(net.mask, per_head=True).items()},
+               "block_fraction": round(block_fraction(net), 3), "converted": isinstance(fast, LiveNet)}
+        if isinstance(fast, LiveNet):
+            row["block_and_const_widths"] = live_widths(fast)
+        out[name] = row
     return out
 
 
-def _frozen_only(results: dict, args: argparse.Namespace, device: str) -> None:
+def live_widths(net: LiveNet) -> list[list[int]]:
+    """[block width, constant units] of each hidden layer of a live net's MLP (padded, rounded)."""
+    mlp = next(v for v in net.params.values() if isinstance(v, dict) and "Dense_0" in v)
+    kernels = [mlp[f"Dense_{i}"]["kernel"] for i in range(len(mlp))]
+    return [[int(kernels[i]["block"].shape[-1]), int(kernels[i + 1]["const"].shape[-2]) if "const" in kernels[i + 1] else 0]
+            for i in range(len(kernels) - 1)]
+
+
+def layout_updates(algo: str, steps: int, rounds: int, warmup: int) -> dict:
+    """Updates/s of one algorithm between refreshes: masked (θ ⊙ m, the scan unrolled 4 times), live units
+    (unrolled once), and a dense network, in interleaved rounds; and how far live and masked drift apart."""
+    algorithm, masked, key, batch, config = quick_budget_state(algo, warmup)
+    live = state_to_live(masked, algorithm.losses)
+    dense, _ = initial_state(dataclasses_replace(config, sparsity=0.0), batch.observations.shape[-1],
+                             batch.actions.shape[-1], False)
+    run = make_chunk_runner(algorithm, config.algorithm_config().batch_size)
+    compile_s = {}
+    for name, state in (("masked", masked), ("live_units", live)):
+        started = time.perf_counter()
+        jax.block_until_ready(run(state, key, batch, steps))
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        jax.block_until_ready(run(state, key, batch, steps))
+        compile_s[name] = round(first - (time.perf_counter() - started), 2)
+    variants = {"masked": masked, "live_units": live, "dense": dense}
+    times = interleaved_seconds({name: (lambda s=s: run(s, key, batch, steps)) for name, s in variants.items()}, rounds)
+    after_masked, _, sums_masked = run(masked, key, batch, steps)
+    after_live, _, sums_live = run(live, key, batch, steps)
+    metrics_masked, metrics_live = chunk_means([sums_masked]), chunk_means([sums_live])
+    after_live = state_to_dense(after_live, algorithm.losses)
+
+    def median_ratio(a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 3)
+
+    return {
+        "updates_per_s_best": {name: round(steps / min(ts), 1) for name, ts in times.items()},
+        "live_units_vs_masked_median": median_ratio("masked", "live_units"),
+        "live_units_vs_dense_median": median_ratio("dense", "live_units"),
+        "dense_vs_masked_median": median_ratio("masked", "dense"),
+        "live_units_vs_masked_per_round": [round(m / x, 3) for m, x in zip(times["masked"], times["live_units"])],
+        "compile_s_of_a_scan": compile_s,
+        "networks": layout_description(masked, live, algorithm.losses),
+        "max_abs_difference_after_steps": {
+            "params": float(max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+                lambda a, b: jnp.max(jnp.abs(a - b)),
+                [getattr(after_masked, n).params for n in algorithm.losses],
+                [getattr(after_live, n).params for n in algorithm.losses])))),
+            "metrics_relative": {k: float(abs(metrics_masked[k] - metrics_live[k]) / max(abs(metrics_masked[k]), 1e-12))
+                                 for k in metrics_masked},
+        },
+    }
+
+
+def dataclasses_replace(config: RunConfig, **changes) -> RunConfig:
+    return RunConfig.from_dict({**config.to_dict(), **changes})
+
+
+def vmapped_lanes(steps: int, rounds: int, seeds=(0, 1, 2)) -> dict:
+    """IQL with three seeds stepped together under vmap (each with its own first masks): live units padded to
+    the widest lane against the masked layout, and what each lane alone would need."""
+    states, keys, batches, widths = [], [], [], {}
+    for seed in seeds:
+        algorithm, state, key, batch, _ = quick_budget_state("iql", 0, seed)
+        alone = state_to_live(state, algorithm.losses)
+        widths[f"seed {seed}"] = layout_description(state, alone, algorithm.losses)
+        states.append(state), keys.append(key), batches.append(batch)
+    size = min(len(b.rewards) for b in batches)  # equal shapes to stack (the subsets differ by a few rows)
+    lanes = Lanes(len(seeds))
+    state, key = lanes.stack(states), lanes.stack(keys)
+    batch = lanes.stack([jax.tree_util.tree_map(lambda x: x[:size], b) for b in batches])
+    live = state_to_live(state, algorithm.losses, lanes=lanes.size)
+    run = make_chunk_runner(algorithm, 256, lanes)
+    times = interleaved_seconds({name: (lambda s=s: run(s, key, batch, steps)) for name, s in
+                                 (("masked", state), ("live_units", live))}, rounds)
+    padded = {name: live_widths(getattr(live, name)) for name in live_networks(live, algorithm.losses)}
+    return {"lanes": len(seeds), "updates_per_s_best": {k: round(steps / min(v), 1) for k, v in times.items()},
+            "live_units_vs_masked_median": round(statistics.median(m / x for m, x in zip(times["masked"], times["live_units"])), 3),
+            "padded_widths": padded, "per_lane": widths}
+
+
+def quick_budget_runs(work: Path, rounds: int, variants=("dense", "live-units", "masked")) -> dict:
+    """Whole IQL runs of the quick budget (5k transitions, 30k steps, refreshes at 0 and 5k, an evaluation
+    of 5 episodes every 3k): dense, 95% sparse on live units, 95% sparse masked; in turn, ``rounds`` times.
+    Everything a run does is timed (data preparation, compilation with no cache, refreshes, evaluations,
+    validation MSE, checkpoints); the dataset is loaded once beforehand, for all."""
+    from sparse_reg.data.loaders import load_dataset
+
+    dataset = load_dataset(QUICK_BUDGET["dataset"])
+    walls: dict = {v: [] for v in variants}
+    summaries, timelines = {}, {}
+    for _ in range(rounds):
+        for variant in variants:
+            config = RunConfig(algo="iql", sparsity=0.0 if variant == "dense" else 0.95,
+                               frozen_layout="masked" if variant == "dense" else variant, **QUICK_BUDGET)
+            jax.clear_caches()
+            started = time.perf_counter()
+            summary = train(config, work / variant, dataset=dataset, progress=False, overwrite=True)
+            walls[variant].append(round(time.perf_counter() - started, 1))
+            summaries[variant] = summary
+            timelines[variant] = [row["wall_s"] for row in read_rows(work / variant / "metrics.csv")]
+            print(f"  whole run {variant}: {walls[variant][-1]} s, final return {summary['final_return']:.0f}", flush=True)
+    out = {"config": QUICK_BUDGET, "wall_s": walls,
+           "final_return": {v: round(summaries[v]["final_return"], 1) for v in variants},
+           # wall_s at each evaluation (every 3k steps) of the last round: compilation and refreshes show early
+           "wall_s_at_evaluations_last_round": timelines,
+           "live_units_networks": summaries.get("live-units", {}).get("sparse_layout", {}).get("live_units_networks")}
+    for variant in variants:
+        if variant != "dense":
+            out[f"{variant}_over_dense_median"] = round(statistics.median(
+                s / d for s, d in zip(walls[variant], walls["dense"])), 3)
+    return out
+
+
+def _layouts_only(results: dict, args: argparse.Namespace, device: str) -> None:
+    """Issue 28's rows: per algorithm live units vs masked vs dense between refreshes, vmapped lanes, and whole
+    quick-budget IQL runs sparse vs dense, all in this one invocation."""
     del results["updates_per_s"]
-    steps, rounds = (50, 2) if args.quick else (300, 7)
+    steps, rounds, warmup = (50, 2, 100) if args.quick else (1000, 5, 5000)
     results["load_average_before"] = os.getloadavg()
-    results["frozen_phase"] = {}
+    results["commit"] = _commit()
+    results["updates_between_refreshes"] = {}
     for algo in ("bc", "td3bc", "awac", "iql"):
-        row = frozen_phase(algo, steps, rounds)
-        results["frozen_phase"][algo] = row
-        print(f"{algo:6s} updates/s {row['updates_per_s']}, sparse layout / masked "
-              f"{row['sparse_layout_vs_masked']['median']:.2f}x (median of {rounds} rounds)", flush=True)
-    results["sparse_layer"] = sparse_layer_sweep(rounds)
-    with scratch(args.quick) as (dataset, work):
-        results["whole_runs"] = frozen_layout_runs(dataset, work, 400 if args.quick else 20_000, 1 if args.quick else 2)
+        row = layout_updates(algo, steps, rounds, warmup)
+        results["updates_between_refreshes"][algo] = row
+        print(f"{algo:6s} updates/s {row['updates_per_s_best']}, live units / masked "
+              f"{row['live_units_vs_masked_median']:.2f}x, / dense {row['live_units_vs_dense_median']:.2f}x "
+              f"(median of {rounds} rounds)", flush=True)
+    results["vmapped_lanes"] = vmapped_lanes(steps, rounds)
+    print(f"3 vmapped IQL lanes: {results['vmapped_lanes']['updates_per_s_best']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sparse-reg-bench-") as work:
+        results["quick_budget_runs"] = quick_budget_runs(
+            Path(work), 1 if args.quick else 2) if not args.quick else {"skipped": "quick mode"}
+    print(f"whole runs: {results['quick_budget_runs']}", flush=True)
     results["load_average_after"] = os.getloadavg()
-    _write(results, args, device, suffix="-frozen")
+    _write(results, args, device, suffix="-layouts")
+
+
+def _commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
 
 
 def _seeds_only(results: dict, args: argparse.Namespace, device: str, steps: int) -> None:

@@ -150,12 +150,13 @@ def test_options_given_again_on_resume_must_be_the_runs_own(runs, tmp_path, caps
     out = copy_of(runs, "interrupted", tmp_path)
     code, err = cli(capsys, "train", "--out", out, "--resume", "--steps", "3000", "--algo", "td3bc", "--no-progress")
     one_line_error(code, err, "algo 'td3bc' (the run: 'bc')", "steps 3000 (the run: 200)", "--overwrite")
-    # The same command again with --resume, and a setting that only changes speed, are fine.
+    # The same command again with --resume, and a setting that only changes speed, are fine: here the former
+    # layout's name, which now means live units (what "auto" runs on a CPU, so the metrics are the same).
     code, err = cli(capsys, "train", "--dataset", hopper_random_npz, *FLAGS, "--out", out, "--resume",
-                    "--frozen-layout", "masked")
+                    "--frozen-layout", "kept-values")
     assert code == 0, err
     assert_finished_like(out, runs["finished"])
-    assert json.loads((out / "summary.json").read_text())["config"]["frozen_layout"] == "masked"
+    assert json.loads((out / "summary.json").read_text())["config"]["frozen_layout"] == "kept-values"
 
 
 # ----------------------------------------------------------------------------- 3. one line, never a traceback
@@ -328,7 +329,7 @@ def test_help_lists_the_set_keys_and_explains_its_terms(capsys):
     assert "Keys: bc: learning_rate, batch_size; td3bc: actor_learning_rate" in text
     assert "iql: actor_learning_rate" in text and "expectile, beta" in text
     assert "the paper's 'SFI' runs; runs with refreshes are its 'SPU', periodic updates" in text
-    assert "each layer stored as the values its mask keeps" in text
+    assert "every layer cut to the units its masks leave alive" in text
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "scan unroll" not in readme
     first_iqm = readme.index("IQM")

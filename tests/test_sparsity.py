@@ -574,6 +574,8 @@ def test_live_units_hand_computed():
     twin = {"VmapMLP_0": {"Dense_0": {"kernel": np.stack([np.ones((3, 2)), np.ones((3, 2))])},
                           "Dense_1": {"kernel": np.stack([np.ones((2, 1)), np.zeros((2, 1))])}}}
     assert {k: (int(v[0]), v[1]) for k, v in live_units(twin).items()} == {"VmapMLP_0/Dense_0": (2, 4)}
+    per_head = live_units(twin, per_head=True)["VmapMLP_0/Dense_0"]
+    assert per_head[0].tolist() == [2, 0] and per_head[1] == 2
 
 
 def test_mask_statistics_nested_layer_names_and_weight_sparsity():

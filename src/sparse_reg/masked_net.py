@@ -10,7 +10,7 @@
 
 The mask is kept beside the params (``mask``), not inside the optimiser state as
 ``masked_updates`` keeps it: checkpoints hold ``params, opt_state, mask, target``, and
-:mod:`sparse_reg.sparse_layout` stores the mask in its own layout. Refreshes read and write it
+:mod:`sparse_reg.live_layout` stores the mask in its own layout. Refreshes read and write it
 through :func:`~sparse_reg.sparsity.masks_of` / ``with_masks`` like any other
 network's. ``mask=None`` means dense (no multiply at all). Algorithms never look at masks;
 they call the net and ``apply_gradients``.

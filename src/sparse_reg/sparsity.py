@@ -634,14 +634,16 @@ def refresh_masks(
     return state, stats
 
 
-def live_units(mask: PyTree, is_prunable: Prunable | None = None) -> dict[str, tuple[jax.Array, int]]:
+def live_units(mask: PyTree, is_prunable: Prunable | None = None,
+               per_head: bool = False) -> dict[str, tuple[jax.Array, int]]:
     """Hidden units the mask leaves alive, per layer: ``{layer: (live count, unit count)}``.
 
     For consecutive weight matrices ``Dense_i`` (in, out) and ``Dense_{i+1}`` of one MLP, unit ``j``
     of layer ``i``'s output is alive when a kept weight feeds it (column ``j`` of ``Dense_i``) and a
     kept weight reads it (row ``j`` of ``Dense_{i+1}``); a dead unit is as if the layer were narrower.
-    Leading axes (the stacked heads of a twin critic) count as separate units. Layers not named
-    ``Dense_<i>``, and output layers, have no entry.
+    Leading axes (the stacked heads of a twin critic) count as separate units; with ``per_head`` the
+    live count is one per head instead (an array of the leading axes' shape) and the unit count that
+    of one head. Layers not named ``Dense_<i>``, and output layers, have no entry.
     """
     kernels: dict[tuple[str, int], tuple[str, jax.Array]] = {}
     for (path, m), prunable in zip(jax.tree_util.tree_flatten_with_path(mask)[0], _prunable_flags(mask, is_prunable)):
@@ -656,7 +658,10 @@ def live_units(mask: PyTree, is_prunable: Prunable | None = None) -> dict[str, t
             continue
         fed = jnp.any(m != 0, axis=-2)  # (..., out): some kept input weight
         read = jnp.any(successor[1] != 0, axis=-1)  # (..., out): some kept output weight
-        out[layer] = (jnp.sum(fed & read), int(fed.size))
+        if per_head:
+            out[layer] = (jnp.sum(fed & read, axis=-1), int(fed.shape[-1]))
+        else:
+            out[layer] = (jnp.sum(fed & read), int(fed.size))
     return out
 
 

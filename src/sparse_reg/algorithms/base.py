@@ -42,11 +42,12 @@ class Regularization:
 
 
 def add_l1_gradient(coefficient: float) -> optax.GradientTransformation:
-    """Adds ``coefficient * sign(θ)`` to the gradient of every weight matrix (``kernel``)."""
+    """Adds ``coefficient * sign(θ)`` to the gradient of every weight matrix (``kernel``; in the live-units
+    layout a kernel is a dict of blocks, ``kernel/block`` and so on: every leaf under ``kernel``)."""
 
     def update_fn(updates, state, params):
         def add(path, g, p):
-            is_kernel = getattr(path[-1], "key", None) == "kernel"
+            is_kernel = any(getattr(entry, "key", None) == "kernel" for entry in path)
             return g + coefficient * jnp.sign(p) if is_kernel else g
 
         return jax.tree_util.tree_map_with_path(add, updates, params), state

@@ -11,9 +11,9 @@ from typing import Any
 
 from ..algorithms import ALGORITHMS, Regularization, get_algorithm
 from ..data.reference import parse_reference
+from ..live_layout import FIXED_MASK_LAYOUTS, LEGACY_LAYOUTS
 from ..networks import NetworkConfig
 from ..provenance import parse_count
-from ..sparse_layout import FROZEN_LAYOUTS
 from ..sparsity import MASK_SCORERS, SparseRegConfig, parse_sparsity, resolve_sparsity
 from .run_directory import CONFIG_FILE, RunFileError, read_json
 
@@ -76,10 +76,11 @@ class RunConfig:
         "published values (as papers report), or two numbers RANDOM,EXPERT", metavar="dataset|d4rl|RANDOM,EXPERT")
     algo_options: dict[str, Any] = _field({}, "overrides of the algorithm's own config, e.g. beta=3.0 for IQL")
     frozen_layout: str = _field(
-        "auto", "how updates run once the masks are final (after the last refresh): 'kept-values' = on the kept "
-        "weights only (each layer stored as the values its mask keeps, not a dense matrix), with sparse matmuls (CPU, whole runs: BC 1.4x, IQL 0.92x; per update IQL 1.05x; docs/performance.md); 'masked' = dense "
-        "matrices times masks; 'auto' = kept values on a CPU for one seed. Same results to float32 rounding; "
-        "checkpoints are the same either way", choices=FROZEN_LAYOUTS)
+        "auto", "how a sparse run's updates run between mask refreshes: 'live-units' = every layer cut to the "
+        "units its masks leave alive, as dense matmuls over those (docs/performance.md); 'masked' = dense "
+        "matrices times masks; 'auto' = live units on a CPU, for the networks where the cut pays. Same results "
+        "to float32 rounding; checkpoints are the same either way ('kept-values', the former layout, now means "
+        "'live-units')", choices=FIXED_MASK_LAYOUTS + tuple(LEGACY_LAYOUTS))
 
     def __post_init__(self):
         for name in COUNT_FIELDS + ("seed",):
@@ -116,8 +117,8 @@ class RunConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.l1 < 0 or self.weight_decay < 0:
             raise ValueError("l1 and weight_decay must be >= 0")
-        if self.frozen_layout not in FROZEN_LAYOUTS:
-            raise ValueError(f"frozen_layout must be one of {FROZEN_LAYOUTS}, got {self.frozen_layout!r}")
+        if self.frozen_layout not in FIXED_MASK_LAYOUTS + tuple(LEGACY_LAYOUTS):
+            raise ValueError(f"frozen_layout must be one of {FIXED_MASK_LAYOUTS}, got {self.frozen_layout!r}")
         parse_sparsity(self.sparsity)  # raises on a bad sparsity
         self.algorithm_config()  # raises on unknown algo_options
 
@@ -161,7 +162,7 @@ class RunConfig:
 
     def result_fields(self) -> dict:
         """The fields that decide what the run computes: ``to_dict`` without the mask schedule of a
-        dense run (it has no masks) and without the frozen phase's layout (it changes speed, and
+        dense run (it has no masks) and without the layout sparse chunks run on (it changes speed, and
         results only at float32 rounding), so that two configs equal here train the same run."""
         d = self.to_dict()
         d.pop("frozen_layout")

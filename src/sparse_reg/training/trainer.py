@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..algorithms import Algorithm, Batch, get_algorithm
 from ..data.dataset import Dataset
 from ..data.loaders import load_dataset
-from ..sparse_layout import sparse_networks, state_to_dense, state_to_sparse, uses_kept_values
+from ..live_layout import LIVE_SCAN_UNROLL, live_networks, state_to_dense, state_to_live, uses_live_units
 from ..sparsity import SparseRegConfig, refresh_masks, with_all_ones_masks
 from .agent import Agent, load_agent
 from .checkpoint import (
@@ -129,7 +129,8 @@ def make_chunk_runner(algorithm: Algorithm, batch_size: int, lanes: Lanes = Lane
             state, metrics = algorithm.update(state, sample_batch(data, batch_key, batch_size))
             return (state, key), metrics
 
-        (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length, unroll=SCAN_UNROLL)
+        unroll = LIVE_SCAN_UNROLL if live_networks(state, algorithm.losses) else SCAN_UNROLL
+        (state, key), metrics = jax.lax.scan(one_update, (state, key), None, length=length, unroll=unroll)
         # Some metrics are NaN on steps that skip an update (e.g. TD3+BC's delayed actor).
         sums = jax.tree_util.tree_map(lambda m: (jnp.nansum(m, axis=0), jnp.sum(~jnp.isnan(m), axis=0)), metrics)
         return state, key, sums
@@ -354,10 +355,11 @@ def run_group(group: StartedGroup, *, progress: bool, on_evaluation: Callable[[d
               evaluators: Sequence[Evaluator] | None = None) -> list[dict]:
     """Step started runs to the end: mask refreshes, chunks of updates, evaluations, summaries.
 
-    Once the masks are final, chunks may run in the kept-values layout (``config.frozen_layout``):
-    the state is converted at the start of each such chunk and back at its end, so evaluations,
-    checkpoints and summaries only ever see the masked layout, and a resumed run repeats exactly
-    the conversions of an uninterrupted one."""
+    Between mask refreshes, chunks may run in the live-units layout (``config.frozen_layout``): the
+    state is converted at the start of a stretch of chunks with fixed masks and back before the next
+    refresh, evaluation or the end, so refreshes, evaluations, checkpoints and summaries only ever see
+    the masked layout, and a resumed run (it starts at an evaluation) repeats exactly the conversions
+    of an uninterrupted one."""
     loop = GroupLoop(group, progress, DEFAULT_EVALUATORS if evaluators is None else tuple(evaluators))
     try:
         while loop.step < loop.config.steps:
@@ -394,8 +396,8 @@ class GroupLoop:
         sparse_reg = self.sparse_reg
         refreshing = sparse_reg.enabled and sparse_reg.until > 0
         self.chunk = math.gcd(config.eval_every, sparse_reg.interval) if refreshing else config.eval_every
-        self.kept_values = sparse_reg.enabled and uses_kept_values(config.frozen_layout, lanes.size)
-        self.kept_networks: list[str] = []
+        self.live = sparse_reg.enabled and uses_live_units(config.frozen_layout)
+        self.converted, self.live_nets = False, []
         # The lowest validation MSE so far per run; on resume, of the evaluations up to the checkpoint
         # (metrics.csv is cut back to it), so replayed evaluations rewrite the same file.
         self.lowest_mse = [lowest_validation_row(read_rows(r.out / METRICS_FILE)).get("validation_mse", math.inf)
@@ -420,17 +422,18 @@ class GroupLoop:
     def train_chunk(self) -> list[dict]:
         """The updates up to the next chunk boundary; returns their metric sums, piece by piece.
 
-        Once the masks are final the chunk may run in the kept-values layout: converted here at
-        its start and back at its end, so nothing outside a chunk sees that layout."""
+        A sparse run's chunks may run in the live-units layout: converted here at the start of a stretch
+        of chunks with fixed masks and back at the end of the chunk after which comes a mask refresh, an
+        evaluation (with its checkpoint) or the end, so nothing outside such a stretch sees that layout."""
         end = min(self.step + self.chunk - self.step % self.chunk, self.config.steps)
-        fast = self.kept_values and self.step >= self.sparse_reg.last_refresh
-        if fast:
-            self.state = state_to_sparse(self.state, self.algorithm.losses)
-            self.kept_networks = sparse_networks(self.state, self.algorithm.losses)
-        self._show(f"training to step {end:,}" + (" on kept weights" if fast and self.kept_networks else ""))
+        if self.live and not self.converted:
+            self.state, self.converted = state_to_live(self.state, self.algorithm.losses, self.lanes.size), True
+            self.live_nets = live_networks(self.state, self.algorithm.losses)
+        self._show(f"training to step {end:,}" + (" on live units" if self.converted and self.live_nets else ""))
         sums = self._run_pieces(end)
-        if fast:
-            self.state = state_to_dense(self.state, self.algorithm.losses)
+        step, config = self.step, self.config
+        if self.converted and (step % config.eval_every == 0 or step == config.steps or self.sparse_reg.refresh_due(step)):
+            self.state, self.converted = state_to_dense(self.state, self.algorithm.losses), False
         return sums
 
     def _run_pieces(self, end: int) -> list[dict]:
@@ -484,9 +487,8 @@ class GroupLoop:
         for i, r in enumerate(self.runs):
             summary = build_summary(r.config, r.data, self.lanes.index(self.state, i), self.algorithm,
                                     read_rows(r.out / METRICS_FILE), self.sparse_reg)
-            if self.sparse_reg.enabled:  # how the frozen phase ran: it changes speed, results only at rounding
-                summary["frozen_phase"] = {"from_step": self.sparse_reg.last_refresh,
-                                           "kept_values_networks": self.kept_networks}
+            if self.sparse_reg.enabled:  # how the chunks ran: it changes speed, results only at rounding
+                summary["sparse_layout"] = {"live_units_networks": self.live_nets}
             atomic_write(r.out / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
             summaries.append(summary)
         return summaries
