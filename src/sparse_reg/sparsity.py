@@ -526,21 +526,18 @@ def with_masked_updates(net: Any) -> Any:
 
 def masks_of(net: Any, name: str | None = None) -> PyTree:
     """The masks of a network, from their one holder: its optimiser state (a :class:`MaskedNet` or a train
-    state with ``params`` and ``opt_state`` whose tx is :func:`masked_updates`). ``name``: the network's
-    name, for errors."""
-    _check_network(net, name)
-    try:
-        return get_masks(net.opt_state)
-    except ValueError as error:
-        raise ValueError(f"refresh_masks: network {name!r}: {error}") from None
-
-
-def _check_network(net: Any, name: str | None) -> None:
+    state with ``params`` and ``opt_state`` whose tx is :func:`masked_updates`; a network without masks
+    is an error: make it sparse with :func:`with_masked_updates` or :func:`with_all_ones_masks`).
+    ``name``: the network's name, for errors."""
     if not (hasattr(net, "params") and hasattr(net, "opt_state")):
         raise ValueError(
             f"refresh_masks: network {name!r} is a {type(net).__name__}; expected a MaskedNet or a train state with "
             "params and opt_state (flax.training.train_state.TrainState) whose tx is sr.masked_updates(...)"
         )
+    try:
+        return get_masks(net.opt_state)
+    except ValueError as error:
+        raise ValueError(f"refresh_masks: network {name!r}: {error}") from None
 
 
 def with_masks(net: Any, mask: PyTree | None) -> Any:
