@@ -29,6 +29,7 @@ from speed import (  # noqa: E402
 )
 
 from sparse_reg.algorithms import ALGORITHMS  # noqa: E402
+from sparse_reg.sparsity import with_masks  # noqa: E402
 from sparse_reg.training.config import RunConfig  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def live_units_bound(run: str, steps: int = 1000, rounds: int = 7) -> None:
             widths[index] = max(widths[index], int(np.max(live)))
     data = synthetic_batch(10_000, jax.random.PRNGKey(1))
     masked, key = initial_state(RunConfig(algo="iql", sparsity=0.95, steps=steps), OBS_DIM, ACTION_DIM, True)
-    masked = masked.replace(**{n: getattr(masked, n).replace(mask=getattr(trained, n).mask) for n in algorithm.losses})
+    masked = masked.replace(**{n: with_masks(getattr(masked, n), getattr(trained, n).mask) for n in algorithm.losses})
     dense, _ = initial_state(RunConfig(algo="iql", sparsity=0.0, steps=steps), OBS_DIM, ACTION_DIM, False)
     narrow, _ = initial_state(RunConfig(algo="iql", sparsity=0.0, steps=steps, hidden_dims=tuple(widths)),
                               OBS_DIM, ACTION_DIM, False)

@@ -17,6 +17,7 @@ from sparse_reg.live_layout import (
 )
 from sparse_reg.masked_net import MaskedNet
 from sparse_reg.networks import MLP
+from sparse_reg.sparsity import with_masked_updates, with_masks
 from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
 from sparse_reg.training.logging import read_rows
@@ -58,7 +59,7 @@ def _masked_state(algo, seed=0, **run_options):
     algorithm = ALGORITHMS[algo]
     state, key = initial_state(config, OBS, ACT, True)
     rng = np.random.default_rng(seed)
-    state = state.replace(**{n: getattr(state, n).replace(mask=_masks(getattr(state, n).mask, rng))
+    state = state.replace(**{n: with_masks(getattr(state, n), _masks(getattr(state, n).mask, rng))
                              for n in algorithm.losses})
     return algorithm, state, key
 
@@ -154,7 +155,8 @@ def test_units_by_hand():
     mask = jax.tree_util.tree_map(jnp.asarray, mask)
     import optax
 
-    net = MaskedNet(params=params, opt_state=optax.adam(1e-2).init(params), mask=mask, module=module, tx=optax.adam(1e-2))
+    net = MaskedNet(params=params, opt_state=optax.adam(1e-2).init(params), module=module, tx=optax.adam(1e-2))
+    net = with_masks(with_masked_updates(net), mask)
     live = to_live(net, multiple=1)
     p = live.params
     assert p["Dense_0"]["kernel"]["block"].shape == (3, 1)  # unit 0 only

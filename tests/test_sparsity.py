@@ -11,16 +11,19 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sparse_reg.algorithms import BC, TD3BC, Batch, Regularization
 from sparse_reg.algorithms.bc import BCConfig
 from sparse_reg.algorithms.td3bc import TD3BCConfig
-from sparse_reg.masked_net import MaskedNet, apply_mask
+from sparse_reg.masked_net import MaskedNet
 from sparse_reg.networks import MLP, NetworkConfig, TwinQ
 from sparse_reg.sparsity import (
     MASK_SCORERS,
     SparseRegConfig,
+    apply_masks,
+    holds_masks,
     live_units,
     mask_statistics,
     network_masks,
@@ -30,6 +33,8 @@ from sparse_reg.sparsity import (
     topk_masks,
     weight_sparsity,
     with_all_ones_masks,
+    with_masked_updates,
+    with_masks,
 )
 
 OBS_DIM, ACTION_DIM = 3, 2
@@ -64,6 +69,11 @@ def jit_refresh(algorithm, config: SparseRegConfig):
     if key not in _compiled:
         _compiled[key] = jax.jit(lambda state, batch, k: refresh_masks(state, algorithm.losses, batch, k, config))
     return _compiled[key]
+
+
+def sparse_net(net, mask):
+    """``net`` with ``mask`` in its optimiser state (made sparse first if it is dense)."""
+    return with_masks(with_masked_updates(net), mask)
 
 
 def make_batch(n: int = 64, seed: int = 0) -> Batch:
@@ -220,6 +230,7 @@ def bc_setup():
 
 def test_network_masks_score_with_mask_set_to_all_ones(bc_setup):
     _, dense, batch = bc_setup
+    dense = with_all_ones_masks(dense, BC.losses)  # masks in the optimiser state, all ones
     loss = BC.losses["actor"]
     key = jax.random.PRNGKey(7)
     keep = 0.3
@@ -232,7 +243,7 @@ def test_network_masks_score_with_mask_set_to_all_ones(bc_setup):
     adversarial = jax.tree_util.tree_map_with_path(
         lambda path, m: m if getattr(path[-1], "key", None) == "kernel" else jnp.ones_like(m), adversarial
     )
-    pruned = dense.replace(actor=dense.actor.replace(mask=adversarial))
+    pruned = dense.replace(actor=sparse_net(dense.actor, adversarial))
     from_pruned = masks_of(pruned, batch, key)
     for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(from_pruned)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -340,7 +351,7 @@ def test_newly_pruned_weights_freeze_despite_adam_momentum(regularization):
     batch = make_batch()
     state = sparse_bc_state(regularization)
     state = run_updates(state, batch, 20)  # dense (all-ones masks): Adam moments are non-zero
-    mu = state.actor.opt_state[0].mu  # ScaleByAdamState is the first link of adam and adamw alike
+    mu = state.actor.opt_state.inner_state[0].mu  # ScaleByAdamState is the first link of adam and adamw alike
     assert all(np.abs(np.asarray(leaf)).max() > 0 for _, leaf in kernel_items(mu))
     state, _ = jit_refresh(BC, SparseRegConfig(sparsity=0.95))(state, batch, jax.random.PRNGKey(3))
     before = tree_np(state.actor.params)
@@ -349,7 +360,7 @@ def test_newly_pruned_weights_freeze_despite_adam_momentum(regularization):
     for (path, b), (_, a), (_, m) in zip(kernel_items(before), kernel_items(after), kernel_items(mask)):
         assert np.array_equal(a[m == 0], b[m == 0]), f"newly pruned weights of {path} drifted"
     # Without the mask on the updates they would have drifted (momentum is non-zero there).
-    dense_after = tree_np(run_updates(state.replace(actor=state.actor.replace(mask=jax.tree_util.tree_map(
+    dense_after = tree_np(run_updates(state.replace(actor=with_masks(state.actor, jax.tree_util.tree_map(
         jnp.ones_like, state.actor.mask))), batch, 20).actor.params)
     drifted = sum(np.sum(d[m == 0] != b[m == 0]) for (_, d), (_, b), (_, m) in
                   zip(kernel_items(dense_after), kernel_items(before), kernel_items(mask)))
@@ -371,7 +382,7 @@ def test_revived_weight_returns_with_its_frozen_value_and_then_trains():
     def with_revived(idx):
         m2 = jax.tree_util.tree_map(lambda x: x, m1)
         m2["MLP_0"]["Dense_2"]["kernel"] = m1["MLP_0"]["Dense_2"]["kernel"].at[idx].set(1.0)
-        return state.replace(actor=state.actor.replace(mask=m2))
+        return state.replace(actor=with_masks(state.actor, m2))
 
     @jax.jit
     def output_layer_grad(s):
@@ -422,8 +433,8 @@ def test_td3bc_targets_are_masked_with_the_online_mask():
     random_mask = lambda tree: jax.tree_util.tree_map_with_path(  # noqa: E731
         lambda path, p: jnp.asarray(rng.random(p.shape) < 0.4, p.dtype)
         if getattr(path[-1], "key", None) == "kernel" else jnp.ones_like(p), tree)
-    state = state.replace(actor=state.actor.replace(mask=random_mask(state.actor.params)),
-                          critic=state.critic.replace(mask=random_mask(state.critic.params)))
+    state = state.replace(actor=sparse_net(state.actor, random_mask(state.actor.params)),
+                          critic=sparse_net(state.critic, random_mask(state.critic.params)))
     # Make targets differ from the online params so the test tells them apart.
     noisy = lambda tree: jax.tree_util.tree_map(lambda t: t + jnp.asarray(0.3 * rng.normal(size=t.shape), t.dtype), tree)  # noqa: E731
     state = state.replace(actor=state.actor.replace(target=noisy(state.actor.target)),
@@ -449,6 +460,7 @@ def test_td3bc_targets_are_masked_with_the_online_mask():
 def test_magnitude_and_random_scorers_keep_the_same_count_by_their_own_rule(bc_setup):
     # The controls of issue 32: same global top-k and count as SNIP, other scores.
     _, dense, batch = bc_setup
+    dense = with_all_ones_masks(dense, BC.losses)  # masks in the optimiser state, all ones
     loss, key, keep = BC.losses["actor"], jax.random.PRNGKey(3), 0.1
     params = dense.actor.params
     n = sum(leaf.size for _, leaf in kernel_items(params))
@@ -585,17 +597,20 @@ def test_mask_statistics_nested_layer_names_and_weight_sparsity():
     np.testing.assert_allclose(float(stats["VmapMLP_0/Dense_0"]["sparsity"]), 0.75)
     np.testing.assert_allclose(float(stats["total"]["changed"]), 0.0)
 
-    net = MaskedNet(params={"k": jnp.zeros(1)}, opt_state=None, mask=None)
+    net = MaskedNet(params={"k": jnp.zeros(1)}, opt_state=None)
     assert weight_sparsity(net) == 0.0
-    net = net.replace(params=mask, mask=mask)
+    net = MaskedNet(params=mask, opt_state=optax.adam(1e-3).init(mask), tx=optax.adam(1e-3))
+    net = sparse_net(net, mask)
     assert weight_sparsity(net) == pytest.approx(0.75)
 
 
-def test_apply_mask_none_is_identity():
+def test_a_dense_net_runs_its_params_as_they_are():
     params = {"kernel": jnp.arange(3.0)}
-    assert apply_mask(params, None) is params
-    np.testing.assert_array_equal(np.asarray(apply_mask(params, {"kernel": jnp.asarray([1.0, 0.0, 1.0])})["kernel"]),
-                                  [0.0, 0.0, 2.0])
+    net = MaskedNet(params=params, opt_state=optax.sgd(1.0).init(params), tx=optax.sgd(1.0))
+    assert net.mask is None and not holds_masks(net)  # no masks: no multiply at all
+    sparse = sparse_net(net, {"kernel": jnp.asarray([1.0, 0.0, 1.0])})
+    np.testing.assert_array_equal(np.asarray(apply_masks(params, sparse.mask)["kernel"]), [0.0, 0.0, 2.0])
+    assert with_masked_updates(sparse) is sparse  # made sparse once
 
 
 @pytest.mark.parametrize(
@@ -631,7 +646,7 @@ def test_refresh_scores_every_network_against_the_original_state():
         expected = network_masks(TD3BC.losses[name], state, name, batch, keys[name], sparsity=0.9)
         assert leaves_equal(expected, getattr(refreshed, name).mask), name
     # Precondition: scoring the critic after installing the new actor mask would give another mask.
-    with_new_actor = state.replace(actor=state.actor.replace(mask=refreshed.actor.mask))
+    with_new_actor = state.replace(actor=with_masks(state.actor, refreshed.actor.mask))
     sequential = network_masks(TD3BC.losses["critic"], with_new_actor, "critic", batch, keys["critic"], sparsity=0.9)
     assert not leaves_equal(sequential, refreshed.critic.mask)
 

@@ -18,7 +18,7 @@ from flax.training.train_state import TrainState
 import sparse_reg as sr
 from sparse_reg.algorithms.base import Regularization, make_optimizer
 from sparse_reg.masked_net import MaskedNet
-from sparse_reg.sparsity import SparseRegConfig, is_weight_matrix, mask_statistics
+from sparse_reg.sparsity import SparseRegConfig, is_weight_matrix, mask_statistics, with_masked_updates, with_masks
 
 
 def np_tree(tree):
@@ -262,7 +262,8 @@ def test_masked_updates_equal_masked_net_apply_gradients(name):
     params = module.init(jax.random.PRNGKey(0), x)["params"]
     masks = random_masks(params, 0.8, seed=1)
 
-    net = MaskedNet(params=params, opt_state=inner.init(params), mask=masks, module=module, tx=inner)
+    net = MaskedNet(params=params, opt_state=inner.init(params), module=module, tx=inner)
+    net = with_masks(with_masked_updates(net), masks)  # the masks in its optimiser state
     state = TrainState.create(apply_fn=module.apply, params=params, tx=sr.masked_updates(inner))
     state = state.replace(opt_state=sr.set_masks(state.opt_state, masks))
 
@@ -280,7 +281,7 @@ def test_masked_updates_equal_masked_net_apply_gradients(name):
     # The wrapped optimiser's state is the reference one (Adam moments included).
     inner_state = [s for s in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda s: isinstance(
         s, sr.MaskedUpdatesState)) if isinstance(s, sr.MaskedUpdatesState)][0].inner_state
-    for a, b in zip(jax.tree_util.tree_leaves(inner_state), jax.tree_util.tree_leaves(net.opt_state)):
+    for a, b in zip(jax.tree_util.tree_leaves(inner_state), jax.tree_util.tree_leaves(net.opt_state.inner_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-7)
 
 
@@ -467,8 +468,9 @@ def test_refresh_masks_on_a_pytree_node_and_on_one_train_state_match_the_masked_
         actor: MaskedNet
 
     module = TinyMLP()
-    masked = MaskedAgent(actor=MaskedNet(params=nets["actor"].params, opt_state=None,
-                                         mask=sr.dense_masks(nets["actor"].params), module=module))
+    actor = MaskedNet(params=nets["actor"].params, opt_state=optax.identity().init(nets["actor"].params),
+                      module=module, tx=optax.identity())
+    masked = MaskedAgent(actor=with_masked_updates(actor))
     masked_loss = {"actor": lambda s, b, k: (jnp.mean((s.actor(b.x) - b.y) ** 2), {})}
     reference, _ = sr.refresh_masks(masked, masked_loss, batch, key, config)
     assert_trees_equal(reference.actor.mask, sr.get_masks(alone.opt_state))

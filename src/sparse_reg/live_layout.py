@@ -13,7 +13,8 @@ and a kept output (row ``j`` of ``Dense_{i+1}``); *constant* when it has kept ou
 input (its activation is ``relu(b_j)`` for every input); *dead* when it has kept inputs but no kept
 output (nothing reads it); *unused* otherwise. The units of each layer are permuted to
 ``[live | constant | dead | unused]`` and each ``Dense_i`` kernel becomes a dict in the ``params``
-tree (and alike in the mask, the target copy and the optimizer moments):
+tree (and alike in the masks, which stay in the optimizer state, their one holder, the target copy
+and the optimizer moments):
 
 * ``block``: the rows of the previous layer's first ``c_{i-1}`` units (all inputs for ``Dense_0``)
   by the columns of this layer's first ``c_i`` units (all outputs for the last layer), dense;
@@ -56,6 +57,7 @@ import optax
 
 from .masked_net import MaskedNet, PyTree
 from .networks import supports_live_units
+from .sparsity import MaskedUpdatesState
 
 # How a sparse run lays out the chunks between mask changes: "live-units" (this module), "masked"
 # (dense θ ⊙ m), or "auto": live units on a CPU. The config field keeps its first name, ``frozen_layout``.
@@ -82,8 +84,9 @@ DEFAULT_MAX_FLOP_FRACTION = 0.97
 
 
 class LiveNet(MaskedNet):
-    """A ``MaskedNet`` whose MLP kernels are ``{"block", "const", "dead"}`` dicts in ``params``, ``mask``,
-    ``target`` and the optimizer moments (hidden biases whole but permuted); see the module docstring."""
+    """A ``MaskedNet`` whose MLP kernels are ``{"block", "const", "dead"}`` dicts in ``params``, the masks
+    and the moments of its optimizer state, and ``target`` (hidden biases whole but permuted); see the
+    module docstring."""
 
     frozen: MaskedNet | None = None  # the dense net at conversion: pruned values, moments, target
     target_decay: jax.Array | None = None  # Π (1 − τ) over the soft updates since the conversion
@@ -288,8 +291,17 @@ def _names(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(lambda path, _: "/".join(_key(p) for p in path), tree)
 
 
+def _with_layout_masks(opt_state: optax.OptState, masks: PyTree) -> optax.OptState:
+    """``opt_state`` with ``masks`` in its ``masked_updates`` state, in another layout than the masks they replace
+    (``sparsity.set_masks`` keeps the layout)."""
+    is_masked = lambda node: isinstance(node, MaskedUpdatesState)  # noqa: E731
+    return jax.tree_util.tree_map(lambda node: node._replace(masks=masks) if is_masked(node) else node, opt_state,
+                                  is_leaf=is_masked)
+
+
 def _roles(tx: optax.GradientTransformation, opt_state: optax.OptState, params: PyTree) -> PyTree:
-    """``opt_state``'s structure with, at each leaf, the path of the parameter it mirrors or ""."""
+    """``opt_state``'s structure with, at each leaf, the path of the parameter it mirrors or "" (the masks of a
+    ``masked_updates`` state are one "" leaf: ``tree_map_params`` leaves them alone)."""
     return optax.tree_utils.tree_map_params(tx, lambda _, name: name, opt_state, _names(params),
                                             transform_non_params=lambda _: "")
 
@@ -325,8 +337,7 @@ def to_live(net: MaskedNet, multiple: int = WIDTH_MULTIPLE, lanes: int = 1,
         net.tx, lambda leaf, name: converter.compact(name, leaf), host.opt_state, names))
     return LiveNet(
         params=params,
-        opt_state=opt_state,
-        mask=compact(host.mask),
+        opt_state=_with_layout_masks(opt_state, compact(host.mask)),
         target=None if net.target is None else compact(host.target),
         module=net.module,
         tx=net.tx,
@@ -389,8 +400,8 @@ def to_dense(net: MaskedNet) -> MaskedNet:
         return converter.expand(role, base * _with_lane_axes(decay, base), live)
 
     probe = jax.device_get(_probe(net.tx, params_like=host.params, steps=int(np.max(host.updates))))
-    opt_state = jax.tree_util.tree_map(moment, roles, frozen.opt_state, host.opt_state, probe)
-    return MaskedNet(params=jax.device_put(params), opt_state=jax.device_put(opt_state), mask=net.frozen.mask,
+    opt_state = jax.device_put(jax.tree_util.tree_map(moment, roles, frozen.opt_state, host.opt_state, probe))
+    return MaskedNet(params=jax.device_put(params), opt_state=_with_layout_masks(opt_state, net.frozen.mask),
                      target=jax.device_put(target), module=net.module, tx=net.tx)
 
 

@@ -1,9 +1,9 @@
 """One Sparse-Reg object per agent (JAX): sparsity, schedule, losses, and the masks of each named network.
 
-A thin holder over the functional layer in :mod:`sparse_reg.sparsity`: the masks are a
-pytree beside each network's params, inside its optimiser state (:func:`masked_updates`), so
-``jax.jit``, ``lax.scan`` and checkpoints carry them; this object is what reads and writes
-them, and what decides *when*::
+A thin object over the functional layer in :mod:`sparse_reg.sparsity`: the masks are a
+pytree shaped like each network's params, held in one place, its optimiser state
+(:func:`masked_updates`), as the project's own networks (``MaskedNet``) hold theirs; so ``jax.jit``,
+``lax.scan`` and checkpoints carry them. This object reads and writes them there and decides *when*::
 
     sparse = sr.SparseReg(losses, sparsity=0.95, schedule=sr.Schedule(every=5_000, until=200_000))
     tx = sparse.tx(optax.adam(3e-4))                        # each network's optimiser: pruned weights frozen

@@ -13,11 +13,13 @@ Masks are refreshed every ``interval`` steps while ``step < until`` (SPU) or onl
 step 0 when ``until == 0`` (SFI, single shot at initialisation). A scorer is one function
 ``scores(params, grads, key)`` (:data:`MASK_SCORERS`): SNIP is the method; ``magnitude``
 (|θ|) and ``random`` are the pruning literature's controls, same top-k and schedule. Applying the
-mask is one rule, here: :func:`apply_masks` in forward passes, :func:`masked_step` in updates
-(through the optax wrapper :func:`masked_updates`, or :class:`sparse_reg.masked_net.MaskedNet`,
-which keeps its mask beside its params and runs the same step). Where a network keeps its masks
-is read and written in one place, :func:`masks_of` / :func:`with_masks`. Nothing
-here knows any algorithm: a new algorithm only declares its losses.
+mask is one rule, here: :func:`apply_masks` in forward passes, :func:`masked_step` in updates. The
+masks have one holder, the state of the optax wrapper :func:`masked_updates`
+(``MaskedUpdatesState(masks, inner_state)``), for a user's Flax ``TrainState`` and for the project's
+own :class:`sparse_reg.masked_net.MaskedNet` alike: :func:`with_masked_updates` gives any network
+(``params``, ``opt_state``, ``tx``) that holder with masks of all ones, and :func:`masks_of` /
+:func:`with_masks` read and write it (:func:`get_masks` / :func:`set_masks`). Nothing here knows any
+algorithm: a new algorithm only declares its losses.
 
 Scoring the full network (step 1) and keeping pruned weights at their values is what the
 paper's own code does (SaminYeasar/sparse_reg: ``sparse_utils.py`` sets every mask to ones
@@ -503,40 +505,53 @@ def _with_network(state: Any, name: str | None, net: Any) -> Any:
     return state.replace(**{name: net})
 
 
-def _holds_own_mask(net: Any) -> bool:
-    return callable(getattr(net, "with_mask", None))
+def holds_masks(net: Any) -> bool:
+    """Whether ``net`` (anything with an ``opt_state``) keeps masks: its optimiser is :func:`masked_updates`."""
+    return bool(_masked_states(getattr(net, "opt_state", None)))
 
 
-def masks_of(net: Any, name: str | None = None) -> PyTree | None:
-    """The masks of a network, from where it keeps them: beside its params (a :class:`MaskedNet`, whose
-    ``mask`` is None while it is dense) or in its optimiser state (a train state with ``params`` and
-    ``opt_state`` whose tx is :func:`masked_updates`). ``name``: the network's name, for errors."""
-    if _holds_own_mask(net):
-        return net.mask
-    if hasattr(net, "params") and hasattr(net, "opt_state"):
-        try:
-            return get_masks(net.opt_state)
-        except ValueError as error:
-            raise ValueError(f"refresh_masks: network {name!r}: {error}") from None
-    raise ValueError(
-        f"refresh_masks: network {name!r} is a {type(net).__name__}; expected a MaskedNet or a train state with "
-        "params and opt_state (flax.training.train_state.TrainState) whose tx is sr.masked_updates(...)"
-    )
+def with_masked_updates(net: Any) -> Any:
+    """``net`` made sparse, masks all ones (the dense network): the one way a network gets a place for masks.
+
+    ``net`` is anything with ``params``, ``opt_state``, ``tx`` and ``.replace`` (a :class:`MaskedNet`, a
+    Flax ``TrainState``): its ``tx`` becomes ``masked_updates(tx)`` and its ``opt_state``
+    ``MaskedUpdatesState(all ones, opt_state)``, which is what ``masked_updates(tx).init`` gives for the
+    same params, Adam moments and step counts kept. ``net`` itself if it already holds masks. A
+    ``MaskedNet`` runs its forward pass with these masks; a ``TrainState``'s own forward pass must use
+    ``apply_masks(params, get_masks(opt_state))`` (or ``SparseReg.apply``)."""
+    if holds_masks(net):
+        return net
+    return net.replace(tx=masked_updates(net.tx), opt_state=MaskedUpdatesState(dense_masks(net.params), net.opt_state))
+
+
+def masks_of(net: Any, name: str | None = None) -> PyTree:
+    """The masks of a network, from their one holder: its optimiser state (a :class:`MaskedNet` or a train
+    state with ``params`` and ``opt_state`` whose tx is :func:`masked_updates`; a network without masks
+    is an error: make it sparse with :func:`with_masked_updates` or :func:`with_all_ones_masks`).
+    ``name``: the network's name, for errors."""
+    if not (hasattr(net, "params") and hasattr(net, "opt_state")):
+        raise ValueError(
+            f"refresh_masks: network {name!r} is a {type(net).__name__}; expected a MaskedNet or a train state with "
+            "params and opt_state (flax.training.train_state.TrainState) whose tx is sr.masked_updates(...)"
+        )
+    try:
+        return get_masks(net.opt_state)
+    except ValueError as error:
+        raise ValueError(f"refresh_masks: network {name!r}: {error}") from None
 
 
 def with_masks(net: Any, mask: PyTree | None) -> Any:
-    """``net`` with ``mask`` where :func:`masks_of` reads it (None: all ones, the dense network)."""
-    if _holds_own_mask(net):
-        return net.with_mask(mask)
+    """``net`` with ``mask`` in its optimiser state, where :func:`masks_of` reads it (None: all ones, the
+    dense network)."""
     return net.replace(opt_state=set_masks(net.opt_state, dense_masks(net.params) if mask is None else mask))
 
 
 def with_all_ones_masks(state: Any, networks) -> Any:
-    """Give every network in ``networks`` a mask of all ones (the dense network), so that the state has
-    the structure it keeps through every later refresh (jit, scan, checkpoints)."""
+    """Every network in ``networks`` made sparse (:func:`with_masked_updates`) with masks of all ones (the
+    dense network), so that the state has the structure it keeps through every later refresh (jit, scan,
+    checkpoints)."""
     for name in networks:
-        net = _network(state, name)
-        state = _with_network(state, name, with_masks(net, jax.tree_util.tree_map(jnp.ones_like, net.params)))
+        state = _with_network(state, name, with_masks(with_masked_updates(_network(state, name)), None))
     return state
 
 
@@ -560,7 +575,7 @@ def network_masks(
     """SNIP masks for network ``name`` of ``state`` scored with its own loss, its mask set to all ones
     (or the masks of another of :data:`MASK_SCORERS`)."""
     net = _network(state, name)
-    masks_of(net, name)  # a clear error for what is not a network
+    masks_of(net, name)  # a clear error for what is not a network or holds no masks
     dense_net = with_masks(net, None)
 
     def loss_of_params(params):
@@ -692,9 +707,9 @@ def mask_statistics(mask: PyTree, previous: PyTree | None, is_prunable: Prunable
 def weight_sparsity(net: Any, is_prunable: Prunable | None = None) -> float:
     """Fraction of the network's prunable entries that its mask prunes (0 for a dense net).
 
-    ``net``: a :class:`MaskedNet` or a TrainState whose optimiser is :func:`masked_updates`.
+    ``net``: a :class:`MaskedNet` or a TrainState whose optimiser is :func:`masked_updates` (else dense).
     """
-    mask = masks_of(net)
-    if mask is None:
+    if not holds_masks(net):
         return 0.0
+    mask = masks_of(net)
     return float(mask_statistics(mask, mask, is_prunable)["total"]["sparsity"])

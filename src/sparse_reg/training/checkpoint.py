@@ -9,7 +9,10 @@ resumed with garbage. The latest checkpoint is kept, and, where the run asks for
 the lowest validation action MSE (another file name, the same format).
 
 File layout: ``MAGIC`` (16 bytes) + SHA-256 of the payload (32 bytes) + payload, where the payload
-is a Flax msgpack of ``{"step", "info" (JSON text), "state"}``.
+is a Flax msgpack of ``{"step", "info" (JSON text), "state"}``. Each network in the state is
+``{params, opt_state, target}``, a sparse network's masks inside its optimiser state
+(``{masks, inner_state}``); checkpoints written before the masks had that one holder keep them beside
+the params (``{params, opt_state, mask, target}``) and are migrated when restored.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import serialization
 
+from ..masked_net import MaskedNet
+from ..sparsity import MaskedUpdatesState, holds_masks
 from .run_directory import CHECKPOINT_FILE, LEGACY_CHECKPOINT_INFO, atomic_write
 
 if TYPE_CHECKING:
@@ -46,10 +51,47 @@ class Checkpoint:
     def restore(self, template: Any) -> Any:
         """The saved pytree, with the structure of ``template``."""
         try:
-            return serialization.from_state_dict(template, self.state_dict)
+            return serialization.from_state_dict(template, migrated_state_dict(template, self.state_dict))
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"checkpoint does not fit this run's train state ({type(error).__name__}: "
                                   f"{error}); was config.json edited?") from None
+
+
+def _state_dict_key(entry: Any) -> str:
+    for attribute in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey: as Flax names them in a state dict
+        if hasattr(entry, attribute):
+            return str(getattr(entry, attribute))
+    return str(entry)
+
+
+def migrated_state_dict(template: Any, state_dict: dict) -> dict:
+    """``state_dict`` with every :class:`MaskedNet` of ``template`` in today's layout.
+
+    Checkpoints written before the masks moved into the optimiser state hold a network as ``{params,
+    opt_state, mask, target}``: ``mask`` beside the params (None for a dense net) and the optimiser's own
+    state. A sparse net of ``template`` (its optimiser ``masked_updates``) gets ``opt_state = {masks: mask,
+    inner_state: opt_state}``, what ``MaskedUpdatesState(mask, opt_state)`` serialises to: the same values
+    in their one holder; a dense one loses its ``mask: None``. Other entries are returned as they are."""
+    masks_field, inner_field = MaskedUpdatesState._fields
+    is_net = lambda node: isinstance(node, MaskedNet)  # noqa: E731
+    for path, net in jax.tree_util.tree_flatten_with_path(template, is_leaf=is_net)[0]:
+        if not is_net(net):
+            continue
+        keys = [_state_dict_key(entry) for entry in path]
+        parents = [state_dict]
+        for key in keys:
+            node = parents[-1].get(key) if isinstance(parents[-1], dict) else None
+            parents.append(node)
+        old = parents[-1]
+        if not isinstance(old, dict) or "mask" not in old:
+            continue  # today's layout (or not this template's: restoring says so)
+        new = {key: value for key, value in old.items() if key != "mask"}
+        if holds_masks(net) and old["mask"] is not None:
+            new["opt_state"] = {masks_field: old["mask"], inner_field: old["opt_state"]}
+        for parent, key in zip(reversed(parents[:-1]), reversed(keys)):  # copies along the path, no mutation
+            new = {**parent, key: new}
+        state_dict = new
+    return state_dict
 
 
 def save_checkpoint(directory: Path, step: int, train_state: Any, info: dict, file: str = CHECKPOINT_FILE) -> None:
