@@ -27,6 +27,21 @@ from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 os.environ.setdefault("SPARSE_REG_JAX_CACHE", tempfile.mkdtemp(prefix="sparse-reg-test-jax-cache-"))
 
 
+class Killed(Exception):
+    """Stands for the process dying at an injected point (raised from a trainer hook)."""
+
+
+def stop_at(step: int):
+    """An ``on_evaluation`` hook for ``train`` that kills the run at its evaluation of ``step``
+    (just after that step's checkpoint is written)."""
+
+    def on_evaluation(row):
+        if row["step"] == step:
+            raise Killed
+
+    return on_evaluation
+
+
 def random_policy_dataset(env_id: str, n: int, seed: int = 0, max_episode_steps: int = 200) -> Dataset:
     """``n`` transitions of uniform random actions; episodes cut at ``max_episode_steps``."""
     env = gym.make(env_id, max_episode_steps=max_episode_steps)

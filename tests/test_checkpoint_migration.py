@@ -14,6 +14,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import Killed, stop_at
 from flax import serialization
 
 from sparse_reg.algorithms import get_algorithm
@@ -27,10 +28,6 @@ from sparse_reg.training.trainer import load_agent, train
 
 CONFIG = dict(dataset="hopper-random", size=1500, validation_size=800, steps=400, eval_every=200, eval_episodes=2,
               mask_interval=200, mask_until=400, hidden_dims=(32, 32))
-
-
-class Interrupt(Exception):
-    pass
 
 
 def old_layout(state_dict, names):
@@ -66,12 +63,8 @@ def test_a_sparse_run_checkpointed_in_the_old_layout_resumes_to_the_same_run(tmp
     names = list(get_algorithm("bc").losses)
     train(config, tmp_path / "whole", dataset=hopper_random, progress=False)
 
-    def stop_at_200(row):
-        if row["step"] == 200:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_200)
+    with pytest.raises(Killed):
+        train(config, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at(200))
     rewrite_in_old_layout(tmp_path / "cut", names)
     old_agent = load_agent(tmp_path / "cut")  # load_agent reads the old layout too
     assert old_agent.state.actor.mask is not None

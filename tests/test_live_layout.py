@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Killed, stop_at
 
 from sparse_reg.algorithms import ALGORITHMS, Batch
 from sparse_reg.live_layout import (
@@ -193,9 +194,6 @@ def test_a_run_converts_per_stretch_of_fixed_masks_and_resumes_bit_identical(tmp
     chunks (0-200, 200-300, 300-400, 400-600) and ends at a refresh or an evaluation. Same logs to float32
     rounding; interrupted at its evaluation at 300 and resumed, the same logs and checkpoint bit for bit."""
 
-    class Interrupt(Exception):
-        pass
-
     options = dict(algo="iql", dataset="hopper-random", size=1500, validation_size=800, steps=600, eval_every=300,
                    eval_episodes=2, sparsity=0.95, mask_interval=200, mask_until=400, hidden_dims=(32, 32))
     live, masked = RunConfig(**options, frozen_layout="live-units"), RunConfig(**options, frozen_layout="masked")
@@ -210,12 +208,8 @@ def test_a_run_converts_per_stretch_of_fixed_masks_and_resumes_bit_identical(tmp
     for a, b in zip(*(read_rows(tmp_path / d / "masks.csv") for d in ("live", "masked"))):
         assert a == {**b, "loss_before": a["loss_before"], "loss_after": a["loss_after"]}  # the same masks
 
-    def stop_at_300(row):
-        if row["step"] == 300:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(live, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_300)
+    with pytest.raises(Killed):
+        train(live, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at(300))
     assert checkpoint_step(tmp_path / "cut") == 300
     train(live, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
     drop_wall = lambda rows: [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]  # noqa: E731

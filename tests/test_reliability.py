@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import failing_writes
+from conftest import Killed, failing_writes, stop_at
 
 from sparse_reg.cli import main
 from sparse_reg.training import run_directory, trainer
@@ -26,18 +26,6 @@ RUN = dict(algo="bc", size=1000, validation_size=500, steps=200, eval_every=100,
 FLAGS = ["--algo", "bc", "--size", "1000", "--validation-size", "500", "--steps", "200", "--eval-every", "100",
          "--eval-episodes", "1", "--sparsity", "0.9", "--mask-interval", "100", "--mask-until", "200",
          "--hidden-dims", "16", "16", "--no-progress"]
-
-
-class Killed(Exception):
-    """Stands for the process dying at the injected point."""
-
-
-def stop_at(step: int):
-    def on_evaluation(row):
-        if row["step"] == step:
-            raise Killed
-
-    return on_evaluation
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import scripted_validation_mse
+from conftest import Killed, scripted_validation_mse, stop_at
 
 from sparse_reg.training.checkpoint import checkpoint_step
 from sparse_reg.training.config import RunConfig
@@ -93,10 +93,6 @@ def test_every_algorithm_runs_sparse_through_the_trainer(tmp_path, hopper_random
     assert all(f == pytest.approx(0.95, abs=1e-3) for f in summary["sparsity"].values())
     assert np.isfinite(summary["final_return"])
     assert np.isfinite(summary["eval_history"][-1]["validation_mse"])
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_saved_agent_reproduces_its_last_evaluation(tmp_path, hopper_random):
@@ -340,12 +336,8 @@ def test_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(tmp_path, ho
         for p, q in zip(*(jax.tree_util.tree_leaves(t) for t in (net_fast.params, net_slow.params))):
             np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5)
 
-    def stop_at_400(row):
-        if row["step"] == 400:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(live, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at_400)
+    with pytest.raises(Killed):
+        train(live, tmp_path / "cut", dataset=hopper_random, progress=False, on_evaluation=stop_at(400))
     assert checkpoint_step(tmp_path / "cut") == 400
     train(live, tmp_path / "cut", dataset=hopper_random, progress=False, resume=True)
 
@@ -368,12 +360,8 @@ def test_the_resolved_sparse_reg_settings_are_recorded_and_a_resume_reads_them_b
 
     config = small_config(algo="bc", sparsity="auto", steps=400)
 
-    def stop_at_200(row):
-        if row["step"] == 200:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(config, tmp_path / "run", dataset=hopper_random, progress=False, on_evaluation=stop_at_200)
+    with pytest.raises(Killed):
+        train(config, tmp_path / "run", dataset=hopper_random, progress=False, on_evaluation=stop_at(200))
     expected = {"sparsity": 0.95, "interval": 200, "until": 400, "scorer": "snip"}
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert record["sparse_reg"] == expected
