@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import os
+import shutil
 import tempfile
 
 # The suite compiles hundreds of small programs and runs each for a moment, so XLA's backend
@@ -23,8 +25,12 @@ import pytest
 from sparse_reg.data import Dataset, ReferenceScores, save_npz
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 
-# The tests' worker processes share a compilation cache of their own, not the user's.
-os.environ.setdefault("SPARSE_REG_JAX_CACHE", tempfile.mkdtemp(prefix="sparse-reg-test-jax-cache-"))
+# The tests' worker processes share a compilation cache of their own, not the user's; the process
+# that made it (pytest's controller: the workers inherit the variable) removes it when it exits.
+if "SPARSE_REG_JAX_CACHE" not in os.environ:
+    _TEST_JAX_CACHE = tempfile.mkdtemp(prefix="sparse-reg-test-jax-cache-")
+    os.environ["SPARSE_REG_JAX_CACHE"] = _TEST_JAX_CACHE
+    atexit.register(shutil.rmtree, _TEST_JAX_CACHE, ignore_errors=True)
 
 
 class Killed(Exception):

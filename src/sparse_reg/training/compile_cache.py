@@ -37,7 +37,8 @@ def cache_directory() -> Path | None:
 def enable_compilation_cache() -> Path | None:
     """Point JAX at the cache directory (idempotent); returns the directory in use, or None.
 
-    It only takes effect before the process's first compilation: call it early (the CLI and
+    Programs compiled before the call are not written to the cache, later ones are (JAX 0.10):
+    call it before the programs worth caching (the CLI and
     :func:`sparse_reg.training.trainer.train_group` do).
     """
     current = jax.config.jax_compilation_cache_dir
