@@ -465,3 +465,34 @@ def test_export_keeps_results_drops_checkpoints_and_reports_the_same(built, tmp_
         assert (tmp_path / "report" / "tables" / table).read_text() == (out / "tables" / table).read_text()
     with pytest.raises(ValueError, match="inside"):
         export_runs(runs, runs / "copy")
+
+
+def test_an_early_stopping_run_sits_in_its_cells_size_and_scores_its_kept_checkpoint(tmp_path):
+    # A sweep's early-stop variant trains on 4k of a 5k cell, validates on the other 1k and keeps its
+    # lowest-validation-MSE checkpoint: the tables must show that checkpoint's score in the 5k row.
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _write_run(runs / "bc-hopper-dense" / f"seed_{seed}", "bc", "hopper", "dense", seed, 20.0 + 10 * seed)
+        stop = runs / "bc-hopper-early-stop" / f"seed_{seed}"
+        _write_run(stop, "bc", "hopper", "dense", seed, 10.0, size=4000, validation_size=1000,
+                   keep_lowest_validation_mse=True)
+        summary = json.loads((stop / "summary.json").read_text())
+        kept_score = 70.0 + 10 * seed  # final score 10 (from the history), kept checkpoint 70 / 80
+        summary["lowest_validation_mse"] = {"checkpoint": "lowest_validation_mse.msgpack", "step": 5000,
+                                            "validation_mse": 0.1, "return_mean": _to_return("hopper", kept_score),
+                                            "normalized_score": kept_score}
+        (stop / "summary.json").write_text(json.dumps(summary))
+        (stop / "tags.json").write_text(json.dumps({"variant": "early-stop", "axes": {
+            "algo": "bc", "dataset": "hopper-expert-v0", "size": 5000}}))
+    out = tmp_path / "out"
+    write_report(runs, out, reps=50, seed=0)
+    variants = (out / "tables" / "variants.md").read_text()
+    rows = [line for line in variants.splitlines() if "| BC | Hopper |" in line]
+    assert len(rows) == 1 and rows[0].startswith("| 5k |")  # no 4k row of its own
+    assert rows[0].split("|")[4:6] == [" 25.0 ± 5.0 ", " **75.0 ± 5.0** "]  # dense final; early stop at its checkpoint
+    md = (out / "tables" / "runs.md").read_text()
+    assert "| expert | BC | 5k (4k + 1k held out) | Hopper | early-stop | 1 | 20k | 80.0 (kept at 5k) | 80.0 |" in md
+    with open(out / "tables" / "final_scores.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["variant"] == "early-stop" and r["seed"] == "0")
+    assert (row["size"], row["train_size"], row["kept_at"]) == ("5000", "4000", "5000")
+    assert float(row["final_return"]) == pytest.approx(_to_return("hopper", 70.0))

@@ -92,6 +92,16 @@ def data_kind(dataset: str, family: str | None) -> str:
 
 @dataclass
 class Run:
+    """One finished run, placed in its cell.
+
+    ``size`` is the cell's data budget: the sweep grid's size (``tags.json``) when there is one,
+    else the run's training size. They differ for an early-stopping variant, which trains on part
+    of the cell's data and validates on the rest (e.g. 4k + 1k of a 5k cell).
+
+    The scores are those of the policy the run delivers: its last evaluation, or, for a run made
+    with ``keep_lowest_validation_mse`` (early stopping), the evaluation of the checkpoint it kept.
+    """
+
     path: Path
     summary: dict
     tags: dict
@@ -111,11 +121,29 @@ class Run:
         return self.summary.get("config", {})
 
     @property
+    def train_size(self) -> int | None:
+        size = self.config.get("size", self.summary.get("size"))
+        return None if size is None else int(size)
+
+    @property
+    def kept(self) -> dict | None:
+        """The evaluation of the checkpoint an early-stopping run kept (step, return_mean,
+        normalized_score), or None for a run that delivers its last parameters."""
+        kept = self.summary.get("lowest_validation_mse")
+        if self.config.get("keep_lowest_validation_mse") and isinstance(kept, dict) and "step" in kept:
+            return kept
+        return None
+
+    @property
     def final_return(self) -> float:
+        if self.kept:
+            return as_float(self.kept.get("return_mean"))
         return _number(self.summary.get("final_return"), self.history, "return_mean")
 
     @property
     def final_score(self) -> float:
+        if self.kept:
+            return as_float(self.kept.get("normalized_score"))
         return _number(self.summary.get("final_normalized_score"), self.history, "normalized_score")
 
     @property
@@ -123,8 +151,11 @@ class Run:
         """Mean normalised score of the evaluations in the last 20% of training.
 
         Steadier than the final evaluation alone, whose few episodes can swing widely from
-        one evaluation to the next on small data.
+        one evaluation to the next on small data. An early-stopping run's policy stopped
+        changing at the checkpoint it kept: its late score is that checkpoint's score.
         """
+        if self.kept:
+            return self.final_score
         evaluations = [(as_float(h.get("step")), as_float(h.get("normalized_score"))) for h in self.history]
         return late_mean(evaluations, self.steps)
 
@@ -214,7 +245,8 @@ def _load_run(directory: Path) -> Run:
     dataset = summary.get("dataset") or config.get("dataset") or ""
     family = env_family(env) or env_family(dataset) or str(env or dataset)
     history = summary.get("eval_history") or read_rows(directory / METRICS_FILE)
-    size = config.get("size", summary.get("size"))
+    grid_size = (tags.get("axes") or {}).get("size") if isinstance(tags.get("axes"), dict) else None
+    size = grid_size if grid_size is not None else config.get("size", summary.get("size"))
     return Run(
         path=directory,
         summary=summary,

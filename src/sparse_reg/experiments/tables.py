@@ -483,7 +483,8 @@ def run_record(run: Run) -> dict[str, Any]:
     wall = run.summary.get("wall_seconds")
     return {
         "section": run.section, "algo": run.algo, "kind": run.kind, "family": run.family, "size": run.size,
-        "variant": run.variant, "seed": run.seed, "steps": run.steps, "final_return": run.final_return,
+        "train_size": run.train_size, "validation_size": run.config.get("validation_size"),
+        "kept_at": run.kept["step"] if run.kept else None, "variant": run.variant, "seed": run.seed, "steps": run.steps, "final_return": run.final_return,
         "final_normalized_score": run.final_score, "late_normalized_score": run.late_score,
         "best_normalized_score": best, "best_at": best_at,
         "final_train_mse": mse.get("final_train_mse", math.nan),
@@ -537,9 +538,17 @@ def runs_markdown(records: Sequence[Mapping[str, Any]]) -> str:
                       f"{r['lowest_validation_mse']:.4f} ({count_label(r['lowest_validation_at'])}) → "
                       f"{r['final_validation_mse']:.4f}")
         wall = format_duration(r["wall_seconds"]) if np.isfinite(r["wall_seconds"]) else MISSING
-        rows.append([r["section"], algo_name(r["algo"]), count_label(r["size"]) if r["size"] else MISSING,
+        size = count_label(r["size"]) if r["size"] else MISSING
+        if r["size"] and r["train_size"] and r["train_size"] != r["size"]:  # an early-stopping split of the cell's data
+            held_out = r["size"] - r["train_size"]
+            size += (f" ({count_label(r['train_size'])} + {count_label(held_out)} held out)"
+                     if held_out > 0 and held_out == r["validation_size"] else f" (trained on {count_label(r['train_size'])})")
+        final = number(r["final_normalized_score"], 1)
+        if r["kept_at"] is not None:
+            final += f" (kept at {count_label(r['kept_at'])})"
+        rows.append([r["section"], algo_name(r["algo"]), size,
                      family_name(r["family"]), r["variant"], str(r["seed"]), count_label(r["steps"]),
-                     number(r["final_normalized_score"], 1), number(r["late_normalized_score"], 1), best,
+                     final, number(r["late_normalized_score"], 1), best,
                      validation, number(r["score_at_lowest_validation_mse"], 1), number(r["final_train_mse"], 4),
                      wall, (r["code_version"] or MISSING)[:7]])
     return markdown_table(["Data", "Algorithm", "Size", "Task", "Variant", "Seed", "Steps", "final score",
@@ -559,8 +568,9 @@ def runs_table_item(runs: Sequence[Run], directory: Path) -> Item:
                 "One row per run: final normalised score, late score (mean of the evaluations in the last 20% of "
                 "training), best evaluation and its step, validation action-MSE (lowest, at its step, → final), "
                 "the score evaluated at that lowest validation MSE, final training MSE, training wall time and "
-                "commit. Every digit: "
-                "[final_scores.csv](tables/final_scores.csv).")
+                "commit. An early-stopping run (`keep_lowest_validation_mse`) sits in its cell's size, its "
+                "training and held-out split beside it, and is scored at the checkpoint it kept, in this table "
+                "and every other. Every digit: [final_scores.csv](tables/final_scores.csv).")
 
 
 def iqm_table_item(estimates: list[dict], directory: Path, reps: int) -> Item:
