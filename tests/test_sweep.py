@@ -30,8 +30,8 @@ from sparse_reg.training.config import RunConfig
 
 # cells per packaged config, and seeds per budget (quick, paper)
 EXPECTED_CELLS = {
-    "figure1": 24, "figure2": 32, "figure3": 48, "figure4": 49, "figure5": 3, "figure6": 12,
-    "table1": 36, "table2": 10, "table3": 20, "table4": 72, "table5": 16, "table1-paper-code": 24,
+    "figure1": 24, "figure2": 32, "figure3": 48, "figure4": 49, "figure5": 3, "figure6": 13,
+    "table1": 36, "table2": 10, "table3": 25, "table4": 81, "table5": 20, "table1-paper-code": 24,
     "figure2-bc": 36, "figure2-long": 12,
 }
 QUICK_SEEDS = {"figure4": 2}
