@@ -4,6 +4,7 @@ record failures and run on Ray (a real local Ray instance)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -218,15 +219,22 @@ def test_run_state_skip_resume_conflict(tmp_path):
     assert "mask_interval" in sparse.result_fields() and "mask_interval" not in runs[4].job.config.result_fields()
 
 
-def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch):
+def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_npz, monkeypatch, capsys):
     config = tiny_config(tmp_path, [hopper_random_npz, tmp_path / "missing.npz"])
     runs_dir = tmp_path / "runs"
     # On a CPU: a queue of pinned worker processes (here one core); the failing run is recorded,
     # the other finishes.
     with pytest.raises(ValueError, match="--workers 0: must be at least 1"):
         run_sweep(config, "quick", runs_dir, workers=0, progress=False)
+    capsys.readouterr()
     result = run_sweep(config, "quick", runs_dir, mode="processes", workers=1, progress=False)
     assert (len(result.done), len(result.skipped), len(result.failed)) == (1, 0, 1)
+    # Without a progress bar (a log file) each run gets a line as it ends: position, cell, seed, outcome.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) == 2 and {line[:5] for line in lines} == {"[1/2]", "[2/2]"}
+    good_line = next(line for line in lines if "hopper_random-1000-dense seed 0: " in line)
+    assert re.search(r"seed 0: -?\d+\.\d normalised \(final return -?\d+\), \d+ s$", good_line)
+    assert "missing-1000-dense seed 0: failed: " in next(line for line in lines if line is not good_line)
     good = runs_dir / "tiny" / "hopper_random-1000-dense" / "seed_0"
     bad = runs_dir / "tiny" / "missing-1000-dense" / "seed_0"
     assert json.loads((good / "summary.json").read_text())["steps"] == 200

@@ -215,7 +215,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
                    "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one line per run as it ends (its score and wall time), for a log file")
 
 
 def add_checkpoint_argument(parser) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job, run_all
-from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, is_finished
+from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, is_finished
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUDGETS = ("quick", "paper")
@@ -495,10 +495,14 @@ def run_sweep(
         bar = tqdm(total=len(pending), disable=not progress, unit="run", desc=f"{experiment.name} {budget}",
                    dynamic_ncols=True)
 
+        finished = itertools.count(1)
+
         def on_result(run: SweepRun, error: str | None) -> None:
             record(run, error)
             bar.update(1)
             bar.set_postfix(done=len(result.done), failed=len(result.failed))
+            if not progress:  # a log file: one line per run instead of the bar
+                console.print(_result_line(run, error, next(finished), len(pending)), markup=False, highlight=False)
 
         try:
             resume = [run_state(run)[0] == RESUME for run in pending]
@@ -577,6 +581,23 @@ def _write_manifest(experiment: Experiment, budget: str, runs: list[SweepRun], r
     }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def _result_line(run: SweepRun, error: str | None, finished: int, total: int) -> str:
+    """"[3/36] 14:02:11 bc-hopper-expert-v0-5000-l1 seed 1: 87.3 normalised (final return 2840), 4.7 min"."""
+    where = f"[{finished}/{total}] {time.strftime('%H:%M:%S')} {run.cell.id} seed {run.seed}"
+    if error is not None:
+        return f"{where}: failed: {_last_line(error)}"
+    try:
+        summary = json.loads((run.out / SUMMARY_FILE).read_text())
+        score, final = summary.get("final_normalized_score"), summary.get("final_return")
+        wall = summary.get("wall_seconds")
+    except (OSError, ValueError):
+        return f"{where}: done"
+    text = f"{where}: {score:.1f} normalised" if isinstance(score, (int, float)) else f"{where}: done"
+    if isinstance(final, (int, float)):
+        text += f" (final return {final:.0f})"
+    return text + (f", {format_duration(wall, 1)}" if isinstance(wall, (int, float)) else "")
 
 
 def _last_line(error: str) -> str:
