@@ -245,7 +245,8 @@ def _load_run(directory: Path) -> Run:
     dataset = summary.get("dataset") or config.get("dataset") or ""
     family = env_family(env) or env_family(dataset) or str(env or dataset)
     history = summary.get("eval_history") or read_rows(directory / METRICS_FILE)
-    grid_size = (tags.get("axes") or {}).get("size") if isinstance(tags.get("axes"), dict) else None
+    axes = tags.get("axes")
+    grid_size = axes.get("size") if isinstance(axes, dict) else None  # the cell's size, as the sweep's grid names it
     size = grid_size if grid_size is not None else config.get("size", summary.get("size"))
     return Run(
         path=directory,

@@ -484,7 +484,8 @@ def run_record(run: Run) -> dict[str, Any]:
     return {
         "section": run.section, "algo": run.algo, "kind": run.kind, "family": run.family, "size": run.size,
         "train_size": run.train_size, "validation_size": run.config.get("validation_size"),
-        "kept_at": run.kept["step"] if run.kept else None, "variant": run.variant, "seed": run.seed, "steps": run.steps, "final_return": run.final_return,
+        "kept_at": run.kept["step"] if run.kept else None,
+        "variant": run.variant, "seed": run.seed, "steps": run.steps, "final_return": run.final_return,
         "final_normalized_score": run.final_score, "late_normalized_score": run.late_score,
         "best_normalized_score": best, "best_at": best_at,
         "final_train_mse": mse.get("final_train_mse", math.nan),
