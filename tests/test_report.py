@@ -492,6 +492,10 @@ def test_an_early_stopping_run_sits_in_its_cells_size_and_scores_its_kept_checkp
     assert rows[0].split("|")[4:6] == [" 25.0 ± 5.0 ", " **75.0 ± 5.0** "]  # dense final; early stop at its checkpoint
     md = (out / "tables" / "runs.md").read_text()
     assert "| expert | BC | 5k (4k + 1k held out) | Hopper | early-stop | 1 | 20k | 80.0 (kept at 5k) | 80.0 |" in md
+    # The late-score table: dense's last 20% of 20k steps is its 20k evaluation; early stopping's is its kept one.
+    late = (out / "tables" / "variants_late.md").read_text()
+    row = next(line for line in late.splitlines() if "| BC | Hopper |" in line)
+    assert row.split("|")[4:6] == [" 25.0 ± 5.0 ", " **75.0 ± 5.0** "]
     with open(out / "tables" / "final_scores.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["variant"] == "early-stop" and r["seed"] == "0")
     assert (row["size"], row["train_size"], row["kept_at"]) == ("5000", "4000", "5000")

@@ -12,7 +12,8 @@ variant) x seeds and writes ``out_dir/index.md`` with everything linked from it:
 * ``tables/late_normalized_score.{md,tex}``: the same table for each run's mean normalised
   score over its evaluations in the last 20% of training (ours, not the paper's: one
   evaluation of a few episodes swings a lot on small data).
-* ``tables/variants.{md,tex}``: one column per variant (L1, dropout, SFI, ...) when there are any.
+* ``tables/variants.{md,tex}`` and ``tables/variants_late.{md,tex}``: one column per variant (L1, dropout,
+  SFI, ...) when there are any, final and late normalised score.
 * ``tables/refresh_losses.md``: each network's loss just before and after every mask refresh.
 * ``tables/live_units.md``: the fraction of hidden units the masks leave alive.
 * ``tables/iqm.{md,csv}``: IQM of final and of late normalised scores with 95% stratified-bootstrap CIs.

@@ -200,8 +200,9 @@ def comparison_tables(
     return out
 
 
-def variant_tables(runs: Sequence[Run], digits: int = 1) -> dict[str, dict[str, str]]:
-    """Per section with variants besides dense/sparse: normalised score per variant (best in bold)."""
+def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_score") -> dict[str, dict[str, str]]:
+    """Per section with variants besides dense/sparse: normalised score per variant (best in bold);
+    ``metric``: "final_score" or "late_score"."""
     cells = group_cells(runs)
     out = {}
     for section in ordered({r.section for r in runs}, KIND_ORDER):
@@ -214,7 +215,7 @@ def variant_tables(runs: Sequence[Run], digits: int = 1) -> dict[str, dict[str, 
         keys = sorted({(r.size, r.algo, r.family) for r in in_section},
                       key=lambda k: (k[0] is None, k[0] or 0, algo_rank(k[1]), k[1], family_rank(k[2]), k[2]))
         for size, algo, family in keys:
-            stats = [mean_std(metric_values(cells.get((section, algo, size, family, v)), "final_score")) for v in variants]
+            stats = [mean_std(metric_values(cells.get((section, algo, size, family, v)), metric)) for v in variants]
             finite = [m for m, _, n in stats if n]
             best = max(finite) if finite else None
             md, tex = [], []
@@ -225,11 +226,13 @@ def variant_tables(runs: Sequence[Run], digits: int = 1) -> dict[str, dict[str, 
                 tex.append(f"\\textbf{{{tex_text}}}" if n and m == best and len(finite) > 1 else tex_text)
             md_rows.append([count_label(size), algo_name(algo), family_name(family), *md])
             tex_rows.append([count_label(size), _latex_escape(algo_name(algo)), family_name(family), *tex])
-        caption = f"{section} data: final normalised score per variant, mean $\\pm$ std over seeds; best in bold."
+        what = "late normalised score (last 20\\% of training)" if metric == "late_score" else "final normalised score"
+        caption = f"{section} data: {what} per variant, mean $\\pm$ std over seeds; best in bold."
         spec_header = ["Size", "Algorithm", "Task", *variants]
         out[section] = {
             "markdown": markdown_table(header, md_rows),
-            "latex": _latex_table(spec_header, tex_rows, caption, f"tab:{slug(section, 'variants')}"),
+            "latex": _latex_table(spec_header, tex_rows, caption,
+                                  f"tab:{slug(section, 'variants' if metric == 'final_score' else 'variants-late')}"),
         }
     return out
 
@@ -435,16 +438,22 @@ def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict
             f"LaTeX: [{name}.tex](tables/{name}.tex).{paper_note}",
             inline=md,
         ))
-    variants = variant_tables(runs)
-    if variants:
-        md = _write_sections(directory / "variants.md", "Final normalised score per variant",
+    for metric, name, title, what in (
+        ("final_score", "variants", "Final normalised score per variant", "Final normalised score"),
+        ("late_score", "variants_late", "Late normalised score per variant",
+         "Mean normalised score over the last 20% of training (an early-stopping run: its kept checkpoint's)"),
+    ):
+        variants = variant_tables(runs, metric=metric)
+        if not variants:
+            continue
+        md = _write_sections(directory / f"{name}.md", title,
                              {section: t["markdown"] for section, t in variants.items()})
-        (directory / "variants.tex").write_text(
+        (directory / f"{name}.tex").write_text(
             "% needs \\usepackage{booktabs,graphicx}\n" + "\n\n".join(t["latex"] for t in variants.values()) + "\n"
         )
-        items.append(Item("Tables", directory / "variants.md",
-                          "Final normalised score of every variant (mean ± std over seeds; best of a row in bold). "
-                          "LaTeX: [variants.tex](tables/variants.tex).", inline=md))
+        items.append(Item("Tables", directory / f"{name}.md",
+                          f"{what} of every variant (mean ± std over seeds; best of a row in bold). "
+                          f"LaTeX: [{name}.tex](tables/{name}.tex).", inline=md))
     return items
 
 
