@@ -200,9 +200,17 @@ def comparison_tables(
     return out
 
 
-def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_score") -> dict[str, dict[str, str]]:
-    """Per section with variants besides dense/sparse: normalised score per variant (best in bold);
-    ``metric``: "final_score" or "late_score"."""
+VARIANT_TABLES = (  # (Run metric, file name, title, what the numbers are)
+    ("final_score", "variants", "Final normalised score per variant", "final normalised score"),
+    ("late_score", "variants_late", "Late normalised score per variant",
+     "late normalised score (mean over the last 20% of training; an early-stopping run: its kept checkpoint's)"),
+)
+
+
+def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_score",
+                   name: str = "variants", what: str = "final normalised score") -> dict[str, dict[str, str]]:
+    """Per section with variants besides dense/sparse: ``metric`` ("final_score", "late_score") per
+    variant, best in bold; ``name`` labels the LaTeX table, ``what`` its caption."""
     cells = group_cells(runs)
     out = {}
     for section in ordered({r.section for r in runs}, KIND_ORDER):
@@ -226,13 +234,11 @@ def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_sc
                 tex.append(f"\\textbf{{{tex_text}}}" if n and m == best and len(finite) > 1 else tex_text)
             md_rows.append([count_label(size), algo_name(algo), family_name(family), *md])
             tex_rows.append([count_label(size), _latex_escape(algo_name(algo)), family_name(family), *tex])
-        what = "late normalised score (last 20\\% of training)" if metric == "late_score" else "final normalised score"
-        caption = f"{section} data: {what} per variant, mean $\\pm$ std over seeds; best in bold."
+        caption = f"{section} data: {_latex_escape(what)} per variant, mean $\\pm$ std over seeds; best in bold."
         spec_header = ["Size", "Algorithm", "Task", *variants]
         out[section] = {
             "markdown": markdown_table(header, md_rows),
-            "latex": _latex_table(spec_header, tex_rows, caption,
-                                  f"tab:{slug(section, 'variants' if metric == 'final_score' else 'variants-late')}"),
+            "latex": _latex_table(spec_header, tex_rows, caption, f"tab:{slug(section, name)}"),
         }
     return out
 
@@ -438,12 +444,8 @@ def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict
             f"LaTeX: [{name}.tex](tables/{name}.tex).{paper_note}",
             inline=md,
         ))
-    for metric, name, title, what in (
-        ("final_score", "variants", "Final normalised score per variant", "Final normalised score"),
-        ("late_score", "variants_late", "Late normalised score per variant",
-         "Mean normalised score over the last 20% of training (an early-stopping run: its kept checkpoint's)"),
-    ):
-        variants = variant_tables(runs, metric=metric)
+    for metric, name, title, what in VARIANT_TABLES:
+        variants = variant_tables(runs, metric=metric, name=name, what=what)
         if not variants:
             continue
         md = _write_sections(directory / f"{name}.md", title,
@@ -452,7 +454,7 @@ def table_items(runs: Sequence[Run], directory: Path, paper: Mapping[tuple, dict
             "% needs \\usepackage{booktabs,graphicx}\n" + "\n\n".join(t["latex"] for t in variants.values()) + "\n"
         )
         items.append(Item("Tables", directory / f"{name}.md",
-                          f"{what} of every variant (mean ± std over seeds; best of a row in bold). "
+                          f"{what.capitalize()} of every variant (mean ± std over seeds; best of a row in bold). "
                           f"LaTeX: [{name}.tex](tables/{name}.tex).", inline=md))
     return items
 
