@@ -352,6 +352,26 @@ def test_ray_sweep_runs_records_failures_then_skips(tmp_path, hopper_random_npz)
     assert (len(again.done), len(again.skipped), len(again.failed)) == (0, 2, 0)
 
 
+def test_a_runs_log_line_gives_its_score_and_an_early_stopping_runs_kept_agent(tmp_path):
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(cell=SimpleNamespace(id="iql-hopper-expert-v0-5000-early-stop"), seed=2, out=tmp_path)
+    summary = {"final_normalized_score": 38.04, "final_return": 3637.6, "wall_seconds": 258.0}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    line = sweep._result_line(run, None, 13, 30)
+    assert re.fullmatch(r"\[13/30\] \d\d:\d\d:\d\d iql-hopper-expert-v0-5000-early-stop seed 2: "
+                        r"38\.0 normalised \(final return 3638\), 4\.3 min", line), line
+    # The agent an early-stopping run keeps is what its results use, so the line names it too.
+    kept = {"checkpoint": "lowest_validation_mse", "step": 6000, "validation_mse": 0.05, "return_mean": 4700.0,
+            "normalized_score": 52.06}
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "lowest_validation_mse": kept}))
+    assert sweep._result_line(run, None, 13, 30).endswith("4.3 min; kept agent (step 6000): 52.1 normalised")
+    (tmp_path / "summary.json").write_text("{not json")
+    assert sweep._result_line(run, None, 13, 30).endswith("seed 2: done")
+    assert sweep._result_line(run, "Traceback...\nsparse_reg.data.dataset.DatasetError: no file x.npz", 1, 2).endswith(
+        "seed 2: failed: DatasetError: no file x.npz")
+
+
 def test_sizes_given_as_counts_in_toml_expand_to_whole_numbers(tmp_path):
     """``size = ["2k"]`` in a TOML grid means 2,000 transitions, as "2k" does on the command line."""
     path = tiny_config(tmp_path, ["a.npz"])

@@ -584,20 +584,30 @@ def _write_manifest(experiment: Experiment, budget: str, runs: list[SweepRun], r
 
 
 def _result_line(run: SweepRun, error: str | None, finished: int, total: int) -> str:
-    """"[3/36] 14:02:11 bc-hopper-expert-v0-5000-l1 seed 1: 87.3 normalised (final return 2840), 4.7 min"."""
+    """"[3/36] 14:02:11 bc-hopper-expert-v0-5000-l1 seed 1: 87.3 normalised (final return 2840), 4.7 min";
+    an early-stopping run adds the agent it kept: "...; kept agent (step 5000): 59.9 normalised"."""
     where = f"[{finished}/{total}] {time.strftime('%H:%M:%S')} {run.cell.id} seed {run.seed}"
     if error is not None:
         return f"{where}: failed: {_last_line(error)}"
     try:
         summary = json.loads((run.out / SUMMARY_FILE).read_text())
-        score, final = summary.get("final_normalized_score"), summary.get("final_return")
-        wall = summary.get("wall_seconds")
     except (OSError, ValueError):
         return f"{where}: done"
-    text = f"{where}: {score:.1f} normalised" if isinstance(score, (int, float)) else f"{where}: done"
-    if isinstance(final, (int, float)):
+    score, final, wall = (_number(summary, key) for key in ("final_normalized_score", "final_return", "wall_seconds"))
+    text = f"{where}: {score:.1f} normalised" if score is not None else f"{where}: done"
+    if final is not None:
         text += f" (final return {final:.0f})"
-    return text + (f", {format_duration(wall, 1)}" if isinstance(wall, (int, float)) else "")
+    if wall is not None:
+        text += f", {format_duration(wall, 1)}"
+    kept = summary.get("lowest_validation_mse")
+    if isinstance(kept, dict) and _number(kept, "normalized_score") is not None:
+        text += f"; kept agent (step {kept.get('step')}): {kept['normalized_score']:.1f} normalised"
+    return text
+
+
+def _number(mapping: dict, key: str) -> float | None:
+    value = mapping.get(key)
+    return value if isinstance(value, (int, float)) else None
 
 
 def _last_line(error: str) -> str:
