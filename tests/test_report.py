@@ -247,7 +247,10 @@ def test_variant_table_and_iqm_table(built):
     assert int(iql_sparse["min_scores_per_task"]) == 3  # 3 seeds in each task: no dagger
     rows = {line.split("|")[2].strip(): line for line in md.split("### expert: late")[0].splitlines()
             if line.startswith("| IQL |")}
-    assert "†" not in rows["sparse"] and rows["custom"].endswith("(n=1) † |")  # the one tagged run
+    assert "†" not in rows["sparse"] and re.search(r"\(n=1, lowest -?\d+\.\d\) † \|$", rows["custom"])  # one tagged run
+    # The lowest single score beside the IQM: a run that collapses shows even where the IQM trims it away.
+    assert float(iql_sparse["lowest"]) == pytest.approx(min(pooled))
+    assert f"(n=6, lowest {min(pooled):.1f})" in rows["sparse"]
     assert "cannot resample it" in md
     assert float(iql_sparse["ci_low"]) <= float(iql_sparse["iqm"]) <= float(iql_sparse["ci_high"])
     assert int(iql_sparse["n_scores"]) == 6 and int(iql_sparse["n_tasks"]) == 2
