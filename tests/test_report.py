@@ -256,6 +256,26 @@ def test_variant_table_and_iqm_table(built):
     assert int(iql_sparse["n_scores"]) == 6 and int(iql_sparse["n_tasks"]) == 2
 
 
+def test_the_index_names_the_dataset_builds_and_flags_runs_on_more_than_one():
+    from types import SimpleNamespace
+
+    from sparse_reg.experiments.report import _data_text
+
+    def run(name, fingerprint):
+        data = {"name": name, "transitions": 300_000, "fingerprint": fingerprint} if fingerprint else None
+        return SimpleNamespace(summary={"data": data}, config={"dataset": name})
+
+    one_build = [run("hopper-expert-v0", "2859bdea245c02b4")] * 3
+    assert _data_text(one_build) == "Data (dataset, fingerprint of its transitions × runs): `hopper-expert-v0` `2859bdea245c02b4` × 3."
+    mixed = [*one_build, run("halfcheetah-expert-v0", "025b568012183b8e"), run("halfcheetah-expert-v0", "440f8c3427d6d761"),
+             run("halfcheetah-expert-v0", "025b568012183b8e"), run("walker2d-expert-v0", None)]
+    text = _data_text(mixed)
+    assert text.startswith("Data (dataset, fingerprint of its transitions × runs): `halfcheetah-expert-v0` "
+                           "`025b568012183b8e` × 2, `440f8c3427d6d761` × 1; `hopper-expert-v0` `2859bdea245c02b4` × 3. "
+                           "1 run(s) do not record it. **`halfcheetah-expert-v0`: runs trained on more than one build**")
+    assert _data_text([run("walker2d-expert-v0", None)]) == ""
+
+
 def test_expected_figures_exist_and_are_not_trivial(built):
     _, out, _ = built
     expected = [

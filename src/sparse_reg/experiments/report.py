@@ -141,6 +141,34 @@ def _compute_text(runs: list[Run]) -> str:
     return " ".join(parts)
 
 
+def _data_text(runs: list[Run]) -> str:
+    """Which builds of each dataset the runs trained on (their summaries' data fingerprints).
+
+    A project dataset is built on each machine from the shipped policies. A rebuild on the same
+    machine is identical, but builds made on different machines have differed (the committed
+    results hold runs on two builds of each expert dataset), and runs on two builds trained on
+    different transitions of the same policies: they are not repeats of one another to the digit."""
+    builds: dict[str, Counter] = defaultdict(Counter)
+    for r in runs:
+        data = r.summary.get("data") or {}
+        if data.get("fingerprint"):
+            builds[data.get("name") or r.config.get("dataset", "?")][data["fingerprint"]] += 1
+    if not builds:
+        return ""
+    parts = [f"`{name}` " + ", ".join(f"`{fp}` × {n}" for fp, n in counts.most_common())
+             for name, counts in sorted(builds.items())]
+    unrecorded = len(runs) - sum(sum(c.values()) for c in builds.values())
+    text = "Data (dataset, fingerprint of its transitions × runs): " + "; ".join(parts) + "."
+    if unrecorded:
+        text += f" {unrecorded} run(s) do not record it."
+    several = [name for name, counts in sorted(builds.items()) if len(counts) > 1]
+    if several:
+        text += (f" **{', '.join(f'`{n}`' for n in several)}: runs trained on more than one build** (datasets built "
+                 "on different machines can differ), so equal settings need not give equal numbers; each run's "
+                 "fingerprint is in [final_scores.csv](tables/final_scores.csv).")
+    return text
+
+
 def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: list[Item]) -> str:
     runs = collection.runs
     n_cells = len({r.cell for r in runs})
@@ -152,9 +180,9 @@ def _index_text(runs_dir: Path, out_dir: Path, collection: Collection, items: li
         "Per-run numbers: [runs.md](tables/runs.md), [final_scores.csv](tables/final_scores.csv).",
         "",
     ]
-    compute = _compute_text(runs)
-    if compute:
-        lines += [compute, ""]
+    for text in (_compute_text(runs), _data_text(runs)):
+        if text:
+            lines += [text, ""]
     if runs:
         lines += ["Cells and seeds:", ""]
         counts = defaultdict(list)

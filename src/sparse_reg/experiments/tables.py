@@ -507,6 +507,7 @@ def run_record(run: Run) -> dict[str, Any]:
         "lowest_validation_at": mse.get("lowest_at"),
         "score_at_lowest_validation_mse": mse.get("score_at_lowest", math.nan),
         "wall_seconds": math.nan if wall is None else float(wall), "code_version": run.summary.get("code_version"),
+        "data_fingerprint": (run.summary.get("data") or {}).get("fingerprint"),
         "path": str(run.path),
     }
 
