@@ -519,6 +519,12 @@ def test_an_early_stopping_run_sits_in_its_cells_size_and_scores_its_kept_checkp
     late = (out / "tables" / "variants_late.md").read_text()
     row = next(line for line in late.splitlines() if "| BC | Hopper |" in line)
     assert row.split("|")[4:6] == [" 25.0 ± 5.0 ", " **75.0 ± 5.0** "]
+    # ... and in returns (the paper's units for its Tables 2 and 3): the same scores mapped through the references.
+    returns = (out / "tables" / "variants_return.md").read_text()
+    row = next(line for line in returns.splitlines() if "| BC | Hopper |" in line)
+    spread = 5.0 / 100 * (REFS["hopper"][1] - REFS["hopper"][0])
+    assert row.split("|")[4:6] == [f" {_to_return('hopper', 25.0):.1f} ± {spread:.1f} ",
+                                   f" **{_to_return('hopper', 75.0):.1f} ± {spread:.1f}** "]
     with open(out / "tables" / "final_scores.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["variant"] == "early-stop" and r["seed"] == "0")
     assert (row["size"], row["train_size"], row["kept_at"]) == ("5000", "4000", "5000")

@@ -204,6 +204,8 @@ VARIANT_TABLES = (  # (Run metric, file name, title, what the numbers are)
     ("final_score", "variants", "Final normalised score per variant", "final normalised score"),
     ("late_score", "variants_late", "Late normalised score per variant",
      "late normalised score (mean over the last 20% of training; an early-stopping run: its kept checkpoint's)"),
+    ("final_return", "variants_return", "Final return per variant",  # the paper's units in its Tables 2 and 3
+     "final return (an early-stopping run: its kept checkpoint's)"),
 )
 
 
