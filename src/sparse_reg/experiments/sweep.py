@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 from ..provenance import format_duration, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job, run_all
-from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, is_finished
+from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, RunFileError, is_finished, read_json
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUDGETS = ("quick", "paper")
@@ -590,8 +590,10 @@ def _result_line(run: SweepRun, error: str | None, finished: int, total: int) ->
     if error is not None:
         return f"{where}: failed: {_last_line(error)}"
     try:
-        summary = json.loads((run.out / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
+        summary = read_json(run.out / SUMMARY_FILE)
+    except (OSError, RunFileError):
+        summary = None
+    if not isinstance(summary, dict):
         return f"{where}: done"
     score, final, wall = (_number(summary, key) for key in ("final_normalized_score", "final_return", "wall_seconds"))
     text = f"{where}: {score:.1f} normalised" if score is not None else f"{where}: done"

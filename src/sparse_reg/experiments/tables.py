@@ -211,8 +211,8 @@ VARIANT_TABLES = (  # (Run metric, file name, title, what the numbers are)
 
 def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_score",
                    name: str = "variants", what: str = "final normalised score") -> dict[str, dict[str, str]]:
-    """Per section with variants besides dense/sparse: ``metric`` ("final_score", "late_score") per
-    variant, best in bold; ``name`` labels the LaTeX table, ``what`` its caption."""
+    """Per section with variants besides dense/sparse: ``metric`` (a :class:`Run` attribute, as in
+    :data:`VARIANT_TABLES`) per variant, best in bold; ``name`` labels the LaTeX table, ``what`` its caption."""
     cells = group_cells(runs)
     out = {}
     for section in ordered({r.section for r in runs}, KIND_ORDER):
