@@ -529,3 +529,30 @@ def test_an_early_stopping_run_sits_in_its_cells_size_and_scores_its_kept_checkp
         row = next(r for r in csv.DictReader(f) if r["variant"] == "early-stop" and r["seed"] == "0")
     assert (row["size"], row["train_size"], row["kept_at"]) == ("5000", "4000", "5000")
     assert float(row["final_return"]) == pytest.approx(_to_return("hopper", 70.0))
+
+
+def test_selection_table_scores_each_run_where_each_held_out_signal_is_lowest(tmp_path, built):
+    """Two IQL seeds whose scores climb 1/4, 2/4, 3/4, 4/4 of their final score over four evaluations, with
+    held-out losses lowest at the 1st (actor), 2nd (critic) and 4th (value) evaluation; the action MSE
+    (0.1 + 0.01 i) is lowest at the first. A BC run without held-out losses stays out of the table."""
+    runs = tmp_path / "runs"
+    losses = {"validation_actor_loss": [1.0, 2.0, 3.0, 4.0], "validation_critic_loss": [3.0, 1.0, 2.0, 4.0],
+              "validation_value_loss": [4.0, 3.0, 2.0, 1.0]}
+    for seed, final in ((0, 40.0), (1, 80.0)):
+        directory = runs / "x" / f"seed_{seed}"
+        _write_run(directory, "iql", "hopper", "dense", seed, final)
+        summary = json.loads((directory / "summary.json").read_text())
+        for i, row in enumerate(summary["eval_history"]):
+            row.update({name: values[i] for name, values in losses.items()})
+        (directory / "summary.json").write_text(json.dumps(summary))
+    _write_run(runs / "y" / "seed_0", "bc", "hopper", "dense", 0, 50.0)
+    write_report(runs, tmp_path / "out", reps=50, seed=0)
+    table = (tmp_path / "out" / "tables" / "selection.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 5k")]
+    assert len(rows) == 1 and "IQL" in rows[0]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # final, best, then at lowest action MSE, actor, critic and value loss (scores 10/20 at 5k, 20/40 at 10k, ...)
+    assert cells[4:] == ["60.0 ± 20.0", "60.0 ± 20.0", "15.0 ± 5.0 (5k, 5k)", "15.0 ± 5.0 (5k, 5k)",
+                         "30.0 ± 10.0 (10k, 10k)", "60.0 ± 20.0 (20k, 20k)"]
+    assert "selection.md" in (tmp_path / "out" / "index.md").read_text()
+    assert not (built[1] / "tables" / "selection.md").exists()  # no run logs a held-out loss there

@@ -300,10 +300,12 @@ def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_text(tmp_path,
 
     monkeypatch.setattr(logging_module, "SummaryWriter", Recorder)
     logger = RunLogger(tmp_path, config={"algo": "iql", "seed": 3})
-    logger.log_evaluation({"step": 5, "return_mean": 1.0, "validation_mse": 0.1, "actor_loss": 0.5, "wall_s": 2.0})
+    logger.log_evaluation({"step": 5, "return_mean": 1.0, "validation_mse": 0.1, "actor_loss": 0.5,
+                           "validation_actor_loss": 0.6, "wall_s": 2.0})
     logger.log_masks(5, {"actor": {"total": {"sparsity": 0.9, "changed": 0.1}}})
     assert written[0][0] == "config" and '"seed": 3' in written[0][1]
-    assert written[1:] == ["eval/return_mean", "eval/validation_mse", "train/actor_loss", "time/wall_s",
+    assert written[1:] == ["eval/return_mean", "eval/validation_mse", "train/actor_loss", "eval/validation_actor_loss",
+                           "time/wall_s",
                            "mask/actor/sparsity", "mask/actor/changed"]
 
 

@@ -93,6 +93,9 @@ def test_every_algorithm_runs_sparse_through_the_trainer(tmp_path, hopper_random
     assert all(f == pytest.approx(0.95, abs=1e-3) for f in summary["sparsity"].values())
     assert np.isfinite(summary["final_return"])
     assert np.isfinite(summary["eval_history"][-1]["validation_mse"])
+    # every network's loss on the held-out episodes, through the live-units layout of the sparse run
+    last = read_rows(tmp_path / "run" / "metrics.csv")[-1]
+    assert all(np.isfinite(last[f"validation_{name}_loss"]) for name in summary["sparsity"])
 
 
 def test_saved_agent_reproduces_its_last_evaluation(tmp_path, hopper_random):
@@ -187,6 +190,82 @@ def test_action_mse_in_padded_chunks_equals_the_plain_mean():
     for chunk in (7, 23, 64):
         got = make_action_mse(act, chunk)(weights, jnp.asarray(obs), jnp.asarray(actions))
         assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_held_out_rows_are_cut_into_equal_chunks_no_larger_than_a_training_batch():
+    from sparse_reg.training.evaluation import held_out_chunks
+
+    for rows, batch_size, shape in ((1000, 256, (4, 250)), (1030, 256, (5, 206)), (200, 256, (1, 200)),
+                                    (512, 256, (2, 256))):
+        batch = {"x": np.arange(rows * 3).reshape(rows, 3)}
+        chunks = held_out_chunks(batch, batch_size)["x"]
+        assert chunks.shape == (*shape, 3)
+        # the rows in order, the left-over ones (1030 = 5 * 206) dropped from the end
+        np.testing.assert_array_equal(chunks.reshape(-1, 3), batch["x"][: shape[0] * shape[1]])
+
+
+def _held_out_context(algo: str, rows: int, obs_dim: int = 5, action_dim: int = 3, seed: int = 0, **options):
+    """An :class:`EvaluationContext` with a freshly initialised agent and ``rows`` random validation rows."""
+    from types import SimpleNamespace
+
+    from sparse_reg.algorithms import Batch, get_algorithm
+    from sparse_reg.training.evaluation import EvaluationContext
+
+    config = small_config(algo=algo, sparsity=0.0, hidden_dims=(16, 16), algo_options=options)
+    algorithm = get_algorithm(algo)
+    state = algorithm.init(config.algorithm_config(), obs_dim, action_dim, jax.random.PRNGKey(seed), 100)
+    rng = np.random.default_rng(seed)
+    validation = Batch(*(jnp.asarray(x, jnp.float32) for x in (
+        rng.normal(size=(rows, obs_dim)), rng.uniform(-1, 1, size=(rows, action_dim)), rng.normal(size=rows),
+        rng.normal(size=(rows, obs_dim)), (rng.uniform(size=rows) < 0.1))))
+    run = SimpleNamespace(config=config, validation_batch=validation)
+    return EvaluationContext(run, algorithm, state, 0, np.zeros(1))
+
+
+def test_behaviour_cloning_held_out_loss_is_the_validation_action_mse():
+    # BC's loss is the action MSE, and 1000 rows are 4 chunks of 250: every row counts once.
+    from sparse_reg.training.evaluation import action_mse_evaluator, held_out_loss_evaluator
+
+    context = _held_out_context("bc", 1000)
+    context.run.train_batch = context.run.validation_batch
+    held_out = held_out_loss_evaluator(context)
+    assert list(held_out) == ["validation_actor_loss"]
+    assert held_out["validation_actor_loss"] == pytest.approx(action_mse_evaluator(context)["validation_mse"], rel=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["iql", "iql-paper-code", "td3bc", "awac"])
+def test_held_out_losses_are_each_networks_loss_averaged_over_training_sized_chunks(algo):
+    """Against the losses called chunk by chunk: 700 rows are 3 chunks of 233 (the paper code's B×B losses
+    stay 233×233); the losses that draw noise get one fixed key per chunk and network, so an evaluation is
+    a function of the agent alone."""
+    from sparse_reg.training.evaluation import held_out_chunks, held_out_loss_evaluator
+
+    context = _held_out_context(algo, 700)
+    held_out = held_out_loss_evaluator(context)
+    losses = context.algorithm.losses
+    assert set(held_out) == {f"validation_{name}_loss" for name in losses}
+    chunks = held_out_chunks(context.run.validation_batch, 256)
+    assert chunks.observations.shape[:2] == (3, 233)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    for i, (name, loss) in enumerate(losses.items()):
+        by_hand = np.mean([float(loss(context.state, jax.tree_util.tree_map(lambda x: x[c], chunks),
+                                      jax.random.fold_in(keys[c], i))[0]) for c in range(3)])
+        assert held_out[f"validation_{name}_loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert held_out_loss_evaluator(context) == held_out  # deterministic
+
+
+def test_held_out_losses_read_at_most_their_row_cap_and_are_nan_without_validation(monkeypatch):
+    from sparse_reg.training import evaluation
+
+    context = _held_out_context("iql", 900)
+    monkeypatch.setattr(evaluation, "HELD_OUT_LOSS_ROWS", 300)
+    capped = evaluation.held_out_loss_evaluator(context)
+    context.run.validation_batch = jax.tree_util.tree_map(lambda x: x[:300], context.run.validation_batch)
+    assert evaluation.held_out_loss_evaluator(context) == capped
+    context.run.validation_batch = None
+    missing = evaluation.held_out_loss_evaluator(context)
+    assert set(missing) == {"validation_actor_loss", "validation_critic_loss", "validation_value_loss"}
+    assert all(np.isnan(v) for v in missing.values())
 
 
 def test_compilation_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):

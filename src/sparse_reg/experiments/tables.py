@@ -294,6 +294,71 @@ def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str,
     return out
 
 
+# The held-out signals an offline selection rule can stop on: the actor's action MSE, then each network's
+# own loss on the validation episodes (logged from the commit that added held_out_loss_evaluator).
+SELECTION_SIGNALS = {"validation_mse": "action MSE", "validation_actor_loss": "actor loss",
+                     "validation_critic_loss": "critic loss", "validation_value_loss": "value loss"}
+
+
+def score_at_lowest(run: Run, signal: str) -> tuple[float, int | None]:
+    """The normalised score of the evaluation where ``signal`` (a metrics.csv column) is lowest, the first on
+    ties, and its step: what stopping on that held-out signal keeps. (NaN, None) where the run has none."""
+    rows = [(as_float(h.get("step")), as_float(h.get(signal)), as_float(h.get("normalized_score")))
+            for h in run.history]
+    rows = [r for r in rows if np.isfinite(r[0]) and np.isfinite(r[1])]
+    if not rows:
+        return math.nan, None
+    step, _, score = min(rows, key=lambda r: r[1])
+    return score, int(step)
+
+
+def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
+    """Per section: one row per (size, algorithm, task, variant) among runs that log a network's held-out loss,
+    with the mean ± std over seeds of the final score, the best evaluated score (what an oracle would keep)
+    and the score at the lowest of each held-out signal of :data:`SELECTION_SIGNALS`, with the steps."""
+    logged = [r for r in runs if any(np.isfinite(as_float(h.get(signal))) for h in r.history
+                                     for signal in list(SELECTION_SIGNALS)[1:])]
+    cells = group_cells(logged)
+    out = {}
+    for section in ordered({key[0] for key in cells}, KIND_ORDER):
+        keys = sorted((k for k in cells if k[0] == section), key=_cell_order)
+        signals = [s for s in SELECTION_SIGNALS
+                   if any(np.isfinite(score_at_lowest(r, s)[0]) for k in keys for r in cells[k])]
+        rows = []
+        for _, algo, size, family, variant in keys:
+            members = sorted(cells[(section, algo, size, family, variant)], key=lambda r: r.seed)
+
+            def stat(values) -> str:
+                mean, std, n = mean_std(v for v in values if np.isfinite(v))
+                return format_mean_std(mean, spread(std, n)) if n else MISSING
+
+            row = [count_label(size), algo_name(algo), family_name(family), variant,
+                   stat(r.final_score for r in members), stat(best_score(r)[0] for r in members)]
+            for signal in signals:
+                picked = [score_at_lowest(r, signal) for r in members]
+                steps = ", ".join(count_label(step) for _, step in picked if step is not None)
+                row.append(f"{stat(score for score, _ in picked)} ({steps})" if steps else MISSING)
+            rows.append(row)
+        out[section] = markdown_table(["Size", "Algorithm", "Task", "Variant", "final score", "best score",
+                                       *(f"at lowest {SELECTION_SIGNALS[s]} (steps)" for s in signals)], rows)
+    return out
+
+
+def selection_item(runs: Sequence[Run], directory: Path) -> list[Item]:
+    tables = selection_tables(runs)
+    if not tables:
+        return []
+    _write_sections(directory / "selection.md", "What stopping on a held-out signal would keep", tables)
+    return [Item("Tables", directory / "selection.md",
+                 "Offline model selection, after the fact: for each held-out signal, the normalised score of the "
+                 "evaluation where the signal was lowest (each seed's step in brackets), beside the final score and "
+                 "the best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the "
+                 "actor's action MSE and each network's own training loss on the validation episodes (its first "
+                 "50k rows). Those episodes are the run's `validation_size`: 200k held-out transitions by default, "
+                 "more data than a small training set, or a slice of the cell's own data in early-stopping runs "
+                 "(whose other tables score them at the kept checkpoint; here every evaluation counts).")]
+
+
 def _cell_order(cell: tuple) -> tuple:
     """Sort key of a cell (section, algo, size, family, variant): sections, then algorithms, sizes,
     tasks and variants in the report's order."""

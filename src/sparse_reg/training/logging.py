@@ -37,7 +37,8 @@ TIME_KEYS = ("wall_s",)
 
 def tensorboard_tag(key: str) -> str:
     """``eval/return_mean``, ``time/wall_s``, ``train/<algorithm metric>`` (mask tags: ``mask/...``)."""
-    group = "eval" if key in EVAL_KEYS else "time" if key in TIME_KEYS else "train"
+    held_out = key.startswith("validation_")  # validation_mse and each network's validation_<network>_loss
+    group = "eval" if key in EVAL_KEYS or held_out else "time" if key in TIME_KEYS else "train"
     return f"{group}/{key}"
 MASK_COLUMNS = ["step", "network", "layer", "sparsity", "changed", "live_units", "loss_before", "loss_after"]
 # What every version's masks.csv has (loss_before/after and live_units came later; a resumed run keeps its columns).

@@ -20,6 +20,11 @@ from .run_directory import LOWEST_VALIDATION_MSE_FILE
 HISTORY_KEYS = ("step", "return_mean", "return_std", "normalized_score", "train_mse", "validation_mse")
 
 
+def is_held_out_loss(column: str) -> bool:
+    """``validation_<network>_loss``: a network's own loss on the validation episodes (evaluation.py)."""
+    return column.startswith("validation_") and column.endswith("_loss")
+
+
 def lowest_validation_row(rows: list[dict]) -> dict:
     """The first of the metrics rows at the lowest finite validation MSE ({} if none has one): the
     evaluation whose checkpoint ``keep_lowest_validation_mse`` keeps (it saves on a strict <)."""
@@ -35,7 +40,7 @@ def network_sparsity(state: Any, algorithm: Algorithm) -> dict[str, float]:
 def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: Algorithm, rows: list[dict],
                   sparse_reg: SparseRegConfig | None = None) -> dict:
     """The summary of a run; ``sparse_reg``: the Sparse-Reg settings it ran with (recorded as ``sparse_reg``)."""
-    history = [{k: row[k] for k in HISTORY_KEYS} for row in rows]
+    history = [{k: v for k, v in row.items() if k in HISTORY_KEYS or is_held_out_loss(k)} for row in rows]
     final = history[-1] if history else {}
     summary = {
         "algo": config.algo,
