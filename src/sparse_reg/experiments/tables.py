@@ -345,18 +345,15 @@ def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
 
 
 def selection_item(runs: Sequence[Run], directory: Path) -> list[Item]:
-    tables = selection_tables(runs)
-    if not tables:
-        return []
-    _write_sections(directory / "selection.md", "What stopping on a held-out signal would keep", tables)
-    return [Item("Tables", directory / "selection.md",
-                 "Offline model selection, after the fact: for each held-out signal, the normalised score of the "
-                 "evaluation where the signal was lowest (each seed's step in brackets), beside the final score and "
-                 "the best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the "
-                 "actor's action MSE and each network's own training loss on the validation episodes (its first "
-                 "50k rows). Those episodes are the run's `validation_size`: 200k held-out transitions by default, "
-                 "more data than a small training set, or a slice of the cell's own data in early-stopping runs "
-                 "(whose other tables score them at the kept checkpoint; here every evaluation counts).")]
+    text = ("Offline model selection, after the fact: for each held-out signal, the normalised score of the "
+            "evaluation where the signal was lowest (each seed's step in brackets), beside the final score and the "
+            "best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the actor's "
+            "action MSE and each network's own training loss on the validation episodes (their first 50k rows). "
+            "Those episodes are the run's `validation_size`: 200k held-out transitions by default, more data than "
+            "a small training set, or a slice of the cell's own data in early-stopping runs (whose other tables "
+            "score them at the kept checkpoint; here every evaluation counts).")
+    return _tables_item(selection_tables(runs), directory / "selection.md",
+                        "What stopping on a held-out signal would keep", text)
 
 
 def _cell_order(cell: tuple) -> tuple:
@@ -579,28 +576,29 @@ def run_record(run: Run) -> dict[str, Any]:
     }
 
 
-def live_unit_item(runs: Sequence[Run], directory: Path) -> list[Item]:
-    tables = live_unit_tables(runs)
+def _tables_item(tables: Mapping[str, str], path: Path, title: str, text: str) -> list[Item]:
+    """``path``: the per-section ``tables`` under ``title``, and its item for the index ([] without tables)."""
     if not tables:
         return []
-    _write_sections(directory / "live_units.md", "Hidden units the masks leave alive", tables)
-    return [Item("Tables", directory / "live_units.md",
-                 "Fraction of each sparse network's hidden units with at least one kept input and one kept output "
-                 "weight, with the first masks and with the last (mean over seeds): a dead unit is as if the layer "
-                 "were narrower, so Sparse-Reg at 95% is partly a smaller dense network (compare Table 2).")]
+    _write_sections(path, title, tables)
+    return [Item("Tables", path, text)]
+
+
+def live_unit_item(runs: Sequence[Run], directory: Path) -> list[Item]:
+    text = ("Fraction of each sparse network's hidden units with at least one kept input and one kept output "
+            "weight, with the first masks and with the last (mean over seeds): a dead unit is as if the layer "
+            "were narrower, so Sparse-Reg at 95% is partly a smaller dense network (compare Table 2).")
+    return _tables_item(live_unit_tables(runs), directory / "live_units.md", "Hidden units the masks leave alive",
+                        text)
 
 
 def refresh_loss_item(runs: Sequence[Run], directory: Path) -> list[Item]:
-    tables = refresh_loss_tables(runs)
-    if not tables:
-        return []
-    _write_sections(directory / "refresh_losses.md", "Each network's loss just before and just after each mask refresh",
-                    tables)
-    return [Item("Tables", directory / "refresh_losses.md",
-                 "At every mask refresh of the sparse runs: each network's loss on the scoring batch with the mask it "
-                 "trained with → with the new mask (same weights), mean over seeds. A large jump means the refresh "
-                 "brought back frozen weights that no longer fit the trained ones; the first row is against the "
-                 "initial all-ones mask.")]
+    text = ("At every mask refresh of the sparse runs: each network's loss on the scoring batch with the mask it "
+            "trained with → with the new mask (same weights), mean over seeds. A large jump means the refresh "
+            "brought back frozen weights that no longer fit the trained ones; the first row is against the "
+            "initial all-ones mask.")
+    return _tables_item(refresh_loss_tables(runs), directory / "refresh_losses.md",
+                        "Each network's loss just before and just after each mask refresh", text)
 
 
 def _run_order(run: Run) -> tuple:
