@@ -546,10 +546,20 @@ def test_selection_table_scores_each_run_where_each_held_out_signal_is_lowest(tm
             row.update({name: values[i] for name, values in losses.items()})
         (directory / "summary.json").write_text(json.dumps(summary))
     _write_run(runs / "y" / "seed_0", "bc", "hopper", "dense", 0, 50.0)
+    # an early-stopping run that kept its first agent (score 5 of 20): its final score here is the last evaluation
+    early = runs / "z" / "seed_0"
+    _write_run(early, "iql", "walker2d", "dense", 0, 20.0, keep_lowest_validation_mse=True)
+    summary = json.loads((early / "summary.json").read_text())
+    for i, row in enumerate(summary["eval_history"]):
+        row.update({name: values[i] for name, values in losses.items()})
+    summary["lowest_validation_mse"] = {"step": 5000, "validation_mse": 0.1, "return_mean": 225.0,
+                                        "normalized_score": 5.0}
+    (early / "summary.json").write_text(json.dumps(summary))
     write_report(runs, tmp_path / "out", reps=50, seed=0)
     table = (tmp_path / "out" / "tables" / "selection.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 5k")]
-    assert len(rows) == 1 and "IQL" in rows[0]
+    assert len(rows) == 2 and "IQL" in rows[0] and "Walker2d" in rows[1]
+    assert [c.strip() for c in rows[1].strip("|").split("|")][4:7] == ["20.0", "20.0", "5.0 (5k)"]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # final, best, then at lowest action MSE, actor, critic and value loss (scores 10/20 at 5k, 20/40 at 10k, ...)
     assert cells[4:] == ["60.0 ± 20.0", "60.0 ± 20.0", "15.0 ± 5.0 (5k, 5k)", "15.0 ± 5.0 (5k, 5k)",

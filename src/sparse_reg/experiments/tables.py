@@ -314,8 +314,9 @@ def score_at_lowest(run: Run, signal: str) -> tuple[float, int | None]:
 
 def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
     """Per section: one row per (size, algorithm, task, variant) among runs that log a network's held-out loss,
-    with the mean ± std over seeds of the final score, the best evaluated score (what an oracle would keep)
-    and the score at the lowest of each held-out signal of :data:`SELECTION_SIGNALS`, with the steps."""
+    with the mean ± std over seeds of the final score (the last evaluation: an early-stopping run's too, not
+    the agent it kept), the best evaluated score (what an oracle would keep) and the score at the lowest of
+    each held-out signal of :data:`SELECTION_SIGNALS`, with the steps."""
     logged = [r for r in runs if any(np.isfinite(as_float(h.get(signal))) for h in r.history
                                      for signal in list(SELECTION_SIGNALS)[1:])]
     cells = group_cells(logged)
@@ -332,8 +333,9 @@ def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
                 mean, std, n = mean_std(v for v in values if np.isfinite(v))
                 return format_mean_std(mean, spread(std, n)) if n else MISSING
 
+            last = [as_float(r.history[-1].get("normalized_score")) if r.history else math.nan for r in members]
             row = [count_label(size), algo_name(algo), family_name(family), variant,
-                   stat(r.final_score for r in members), stat(best_score(r)[0] for r in members)]
+                   stat(last), stat(best_score(r)[0] for r in members)]
             for signal in signals:
                 picked = [score_at_lowest(r, signal) for r in members]
                 steps = ", ".join(count_label(step) for _, step in picked if step is not None)
@@ -346,12 +348,12 @@ def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
 
 def selection_item(runs: Sequence[Run], directory: Path) -> list[Item]:
     text = ("Offline model selection, after the fact: for each held-out signal, the normalised score of the "
-            "evaluation where the signal was lowest (each seed's step in brackets), beside the final score and the "
-            "best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the actor's "
+            "evaluation where the signal was lowest (each seed's step in brackets), beside the final score (the last "
+            "evaluation, whether or not the run kept an earlier agent) and the best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the actor's "
             "action MSE and each network's own training loss on the validation episodes (their first 50k rows). "
             "Those episodes are the run's `validation_size`: 200k held-out transitions by default, more data than "
-            "a small training set, or a slice of the cell's own data in early-stopping runs (whose other tables "
-            "score them at the kept checkpoint; here every evaluation counts).")
+            "a small training set, or a slice of the cell's own data in early-stopping runs (which the other tables "
+            "score at the kept checkpoint; here every evaluation counts).")
     return _tables_item(selection_tables(runs), directory / "selection.md",
                         "What stopping on a held-out signal would keep", text)
 
