@@ -262,10 +262,11 @@ def test_held_out_losses_read_at_most_their_row_cap_and_are_nan_without_validati
     capped = evaluation.held_out_loss_evaluator(context)
     context.run.validation_batch = jax.tree_util.tree_map(lambda x: x[:300], context.run.validation_batch)
     assert evaluation.held_out_loss_evaluator(context) == capped
-    context.run.validation_batch = None
-    missing = evaluation.held_out_loss_evaluator(context)
-    assert set(missing) == {"validation_actor_loss", "validation_critic_loss", "validation_value_loss"}
-    assert all(np.isnan(v) for v in missing.values())
+    empty = jax.tree_util.tree_map(lambda x: x[:0], context.run.validation_batch)
+    for context.run.validation_batch in (None, empty):
+        missing = evaluation.held_out_loss_evaluator(context)
+        assert set(missing) == {"validation_actor_loss", "validation_critic_loss", "validation_value_loss"}
+        assert all(np.isnan(v) for v in missing.values())
 
 
 def test_compilation_cache_directory_comes_from_the_environment(tmp_path, monkeypatch):

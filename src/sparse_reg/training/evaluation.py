@@ -204,7 +204,7 @@ def held_out_loss_evaluator(context: EvaluationContext) -> dict:
     columns without validation data."""
     losses = tuple(context.algorithm.losses.items())
     validation = context.run.validation_batch
-    if validation is None:
+    if validation is None or validation.observations.shape[0] == 0:
         return {f"validation_{name}_loss": math.nan for name, _ in losses}
     batch_size = getattr(context.run.config.algorithm_config(), "batch_size", 256)
     validation = jax.tree_util.tree_map(lambda x: x[:HELD_OUT_LOSS_ROWS], validation)
