@@ -5,6 +5,7 @@
     python benchmarks/speed.py --only updates  # just the updates/s table (~3 min), to its own file
     python benchmarks/speed.py --only seeds    # just 5 seeds vs 1 seed (~5 min), to its own file
     python benchmarks/speed.py --only layouts  # live units vs masked vs dense: per update, whole quick-budget IQL runs (~1.5 h)
+    python benchmarks/speed.py --only evaluators  # what each evaluator adds to an evaluation, vs a 5k-step chunk (~2 min)
 
 Writes ``benchmarks/results/speed-<device>.json`` and prints a table. Every figure comes
 from one invocation on one machine; run it on an otherwise idle machine.
@@ -160,6 +161,40 @@ def agent_evaluate_seconds(episodes: int = 10, repeats: int = 3) -> dict:
     return {"episodes": episodes, "first_call_s": round(first, 3), "later_call_s": round(best, 3)}
 
 
+def evaluator_seconds(algos=("bc", "td3bc", "awac", "iql"), rows=(200_000, 1_000), repeats: int = 3,
+                      chunk_steps: int = 5_000, quick: bool = False) -> dict:
+    """Per algorithm: the wall time of each default evaluator but the returns' (a mean of numbers already
+    there) on validation sets of ``rows`` rows (200k: the default ``validation_size``; 1k: an
+    early-stopping slice of 5k), best of ``repeats`` after a compiling call, beside the time of the
+    ``chunk_steps`` dense updates between two evaluations."""
+    from types import SimpleNamespace
+
+    from sparse_reg.training.evaluation import DEFAULT_EVALUATORS, EvaluationContext, returns_evaluator
+
+    out = {}
+    for algo in algos:
+        config = RunConfig(algo=algo, sparsity=0.0)
+        state, _ = initial_state(config, OBS_DIM, ACTION_DIM, False)
+        train = synthetic_batch(5_000, jax.random.PRNGKey(1))
+        result = {"chunk_s": round(chunk_steps / updates_per_second(algo, 0.0, 200 if quick else 2_000), 3)}
+        for n in rows:
+            run = SimpleNamespace(config=config, train_batch=train, validation_batch=synthetic_batch(n, jax.random.PRNGKey(2)))
+            context = EvaluationContext(run, ALGORITHMS[algo], state, 0, np.zeros(10))
+            for evaluator in DEFAULT_EVALUATORS:
+                if evaluator is returns_evaluator:
+                    continue
+                evaluator(context)  # compile
+                best = float("inf")
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    evaluator(context)
+                    best = min(best, time.perf_counter() - started)
+                result[f"{evaluator.__name__}/{n}_rows_s"] = round(best, 3)
+        out[algo] = result
+        print(f"{algo:6s} {result}", flush=True)
+    return out
+
+
 def small_dataset(size: int):
     rng_policy = lambda obs, rng: rng.uniform(-1, 1, (obs.shape[0], ACTION_DIM)).astype(np.float32)  # noqa: E731
     data = collect_rollouts(rng_policy, ENV, size, seed=0)
@@ -223,7 +258,7 @@ def main() -> None:
     os.environ[CACHE_ENV] = "off"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the speed")
-    parser.add_argument("--only", choices=["updates", "seeds", "evaluate", "layouts"], default=None,
+    parser.add_argument("--only", choices=["updates", "seeds", "evaluate", "layouts", "evaluators"], default=None,
                         help="measure only updates/s, only 5 seeds vs 1, or only Agent.evaluate (each to its own file)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -244,6 +279,12 @@ def main() -> None:
         return _seeds_only(results, args, device, steps)
     if args.only == "layouts":
         return _layouts_only(results, args, device)
+    if args.only == "evaluators":
+        results.pop("updates_per_s")
+        results["evaluator_seconds"] = evaluator_seconds(rows=(2_000, 100) if args.quick else (200_000, 1_000),
+                                                         quick=args.quick)
+        results["commit"] = _commit()
+        return _write(results, args, device, suffix="-evaluators")
     if args.only == "evaluate":
         results.pop("updates_per_s")
         results["agent_evaluate"] = agent_evaluate_seconds(episodes=2 if args.quick else 10)
