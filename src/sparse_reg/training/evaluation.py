@@ -168,8 +168,9 @@ def held_out_chunks(batch, batch_size: int):
 
 
 HELD_OUT_CHUNKS_AT_ONCE = 64  # chunks vmapped together: matmuls of ~16k rows, as the action MSE's, not 256
-# Rows of the validation episodes the losses read: IQL's three losses make ten network passes, about 4 s
-# per evaluation over 200k rows on one CPU core (~9% of a 3k-step chunk), ~1 s over 50k. The validation
+# Rows of the validation episodes the losses read: IQL's three losses make ten network passes per row, so
+# the losses over 50k rows cost what the action MSE over 200k does (0.44 s on this project's CPU, 2% of
+# the 20 s of 5k dense IQL updates: benchmarks/results/speed-cpu-evaluators.json). The validation
 # episodes come in a seeded random order, so these are whole episodes drawn at random.
 HELD_OUT_LOSS_ROWS = 50_000
 
