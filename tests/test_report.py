@@ -564,5 +564,12 @@ def test_selection_table_scores_each_run_where_each_held_out_signal_is_lowest(tm
     # final, best, then at lowest action MSE, actor, critic and value loss (scores 10/20 at 5k, 20/40 at 10k, ...)
     assert cells[4:] == ["60.0 ± 20.0", "60.0 ± 20.0", "15.0 ± 5.0 (5k, 5k)", "15.0 ± 5.0 (5k, 5k)",
                          "30.0 ± 10.0 (10k, 10k)", "60.0 ± 20.0 (20k, 20k)"]
+    # IQM over tasks and seeds: the two Hopper seeds and the Walker2d run are one group of 3 scores. Final
+    # (last evaluation) 40, 80, 20; at the lowest critic loss 20, 40, 10. With 3 scores the IQM (scipy's
+    # trim_mean at 25%: int(0.75) = 0 scores cut from each end) is their mean: 46.7 and 23.3.
+    iqm = table.split("IQM over tasks and seeds")[1]
+    row = [c.strip() for c in next(line for line in iqm.splitlines() if line.startswith("| IQL")).strip("|").split("|")]
+    assert row[:3] == ["IQL", "5k", "dense"] and row[3].startswith("46.7 [") and row[3].endswith("(n=3)")
+    assert row[6].startswith("11.7 [") and row[7].startswith("23.3 [")  # at lowest actor, critic loss
     assert "selection.md" in (tmp_path / "out" / "index.md").read_text()
     assert not (built[1] / "tables" / "selection.md").exists()  # no run logs a held-out loss there

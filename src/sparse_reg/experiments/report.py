@@ -111,7 +111,7 @@ def write_report(
         items.append(iqm_table_item(estimates + late_estimates, out_dir / "tables", reps))
     items += refresh_loss_item(runs, out_dir / "tables")
     items += live_unit_item(runs, out_dir / "tables")
-    items += selection_item(runs, out_dir / "tables")
+    items += selection_item(runs, out_dir / "tables", reps=reps, seed=seed)
     items.append(runs_table_item(runs, out_dir / "tables"))
     for group in figure_groups(runs):
         items += curve_items(group, cells, colors, out_dir / "figures")

@@ -17,11 +17,12 @@ Markdown and LaTeX, and the files they go in (``tables/`` of a report).
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -312,13 +313,45 @@ def score_at_lowest(run: Run, signal: str) -> tuple[float, int | None]:
     return score, int(step)
 
 
-def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
+def last_score(run: Run) -> float:
+    """The normalised score of a run's last evaluation (an early-stopping run's too, not the agent it kept)."""
+    return as_float(run.history[-1].get("normalized_score")) if run.history else math.nan
+
+
+def logs_held_out_losses(run: Run) -> bool:
+    return any(np.isfinite(as_float(h.get(signal))) for h in run.history for signal in list(SELECTION_SIGNALS)[1:])
+
+
+def selection_iqm_table(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> str:
+    """One row per (algorithm, size, variant), all tasks and seeds pooled: the IQM [95% stratified-bootstrap CI]
+    of the last score, the best score and the score at the lowest of each held-out signal."""
+    columns = {"final": last_score, "best": lambda r: best_score(r)[0]}
+    columns.update({f"at lowest {label}": functools.partial(lambda s, r: score_at_lowest(r, s)[0], signal)
+                    for signal, label in SELECTION_SIGNALS.items()})
+    estimates = {name: {(e["algo"], e["size"], e["variant"]): e
+                        for e in iqm_estimates(runs, reps, seed, metric=name, score_of=score_of)}
+                 for name, score_of in columns.items()}
+    keys = sorted(set().union(*estimates.values()),
+                  key=lambda k: (algo_rank(k[0]), k[0], k[1] == "all", k[1] if k[1] != "all" else 0,
+                                 variant_rank(k[2]), k[2]))
+    shown = [name for name in columns if estimates[name]]
+    rows = []
+    for algo, size, variant in keys:
+        row = [algo_name(algo), count_label(size) if size != "all" else "all sizes", variant]
+        for name in shown:
+            e = estimates[name].get((algo, size, variant))
+            row.append(MISSING if e is None else f"{e['iqm']:.1f} [{e['ci_low']:.1f}, {e['ci_high']:.1f}] "
+                                                 f"(n={e['n_scores']})")
+        rows.append(row)
+    return markdown_table(["Algorithm", "Size", "Variant", *shown], rows)
+
+
+def selection_tables(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> dict[str, str]:
     """Per section: one row per (size, algorithm, task, variant) among runs that log a network's held-out loss,
     with the mean ± std over seeds of the final score (the last evaluation: an early-stopping run's too, not
     the agent it kept), the best evaluated score (what an oracle would keep) and the score at the lowest of
     each held-out signal of :data:`SELECTION_SIGNALS`, with the steps."""
-    logged = [r for r in runs if any(np.isfinite(as_float(h.get(signal))) for h in r.history
-                                     for signal in list(SELECTION_SIGNALS)[1:])]
+    logged = [r for r in runs if logs_held_out_losses(r)]
     cells = group_cells(logged)
     out = {}
     for section in ordered({key[0] for key in cells}, KIND_ORDER):
@@ -333,9 +366,8 @@ def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
                 mean, std, n = mean_std(v for v in values if np.isfinite(v))
                 return format_mean_std(mean, spread(std, n)) if n else MISSING
 
-            last = [as_float(r.history[-1].get("normalized_score")) if r.history else math.nan for r in members]
             row = [count_label(size), algo_name(algo), family_name(family), variant,
-                   stat(last), stat(best_score(r)[0] for r in members)]
+                   stat(map(last_score, members)), stat(best_score(r)[0] for r in members)]
             for signal in signals:
                 picked = [score_at_lowest(r, signal) for r in members]
                 steps = ", ".join(count_label(step) for _, step in picked if step is not None)
@@ -343,18 +375,21 @@ def selection_tables(runs: Sequence[Run]) -> dict[str, str]:
             rows.append(row)
         out[section] = markdown_table(["Size", "Algorithm", "Task", "Variant", "final score", "best score",
                                        *(f"at lowest {SELECTION_SIGNALS[s]} (steps)" for s in signals)], rows)
+        in_section = [r for r in logged if r.section == section]
+        out[f"{section}: IQM over tasks and seeds"] = selection_iqm_table(in_section, reps, seed)
     return out
 
 
-def selection_item(runs: Sequence[Run], directory: Path) -> list[Item]:
+def selection_item(runs: Sequence[Run], directory: Path, reps: int = 2000, seed: int = 0) -> list[Item]:
     text = ("Offline model selection, after the fact: for each held-out signal, the normalised score of the "
             "evaluation where the signal was lowest (each seed's step in brackets), beside the final score (the last "
             "evaluation, whether or not the run kept an earlier agent) and the best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the actor's "
             "action MSE and each network's own training loss on the validation episodes (their first 50k rows). "
             "Those episodes are the run's `validation_size`: 200k held-out transitions by default, more data than "
             "a small training set, or a slice of the cell's own data in early-stopping runs (which the other tables "
-            "score at the kept checkpoint; here every evaluation counts).")
-    return _tables_item(selection_tables(runs), directory / "selection.md",
+            "score at the kept checkpoint; here every evaluation counts). Then, per section, the IQM [95% "
+            "stratified-bootstrap CI] of each column over tasks and seeds.")
+    return _tables_item(selection_tables(runs, reps, seed), directory / "selection.md",
                         "What stopping on a held-out signal would keep", text)
 
 
@@ -442,9 +477,11 @@ def live_unit_tables(runs: Sequence[Run]) -> dict[str, str]:
 IQM_METRICS = {"final_score": "final normalised score", "late_score": "late normalised score"}
 
 
-def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: str = "final_score") -> list[dict]:
-    """IQM of each run's ``metric`` (final or late normalised score) with stratified-bootstrap 95% CIs,
-    and the lowest single score (a variant that collapses on one run out of nine keeps a high IQM).
+def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: str = "final_score",
+                  score_of: Callable[[Run], float] | None = None) -> list[dict]:
+    """IQM of each run's ``metric`` (final or late normalised score; or ``score_of(run)``, named ``metric``)
+    with stratified-bootstrap 95% CIs, and the lowest single score (a variant that collapses on one run out
+    of nine keeps a high IQM).
 
     One estimate per (section, algo, size, variant), strata = tasks; plus size "all" with strata
     = (size, task) pairs when there are several sizes.
@@ -452,7 +489,7 @@ def iqm_estimates(runs: Sequence[Run], reps: int = 2000, seed: int = 0, metric: 
     groups: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     pooled: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        score = getattr(run, metric)
+        score = score_of(run) if score_of is not None else getattr(run, metric)
         if np.isfinite(score):
             groups[(run.section, run.algo, run.size, run.variant)][(run.family,)].append(score)
             pooled[(run.section, run.algo, run.variant)][(run.size, run.family)].append(score)
