@@ -231,9 +231,10 @@ def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_sc
             best = max(finite) if finite else None
             md, tex = [], []
             for m, s, n in stats:
-                text = format_mean_std(m, s, digits) if n else MISSING
+                text = format_mean_std(m, spread(s, n), digits) if n else MISSING  # one seed: no "± 0.0"
                 md.append(f"**{text}**" if n and m == best and len(finite) > 1 else text)
-                tex_text = f"${m:.{digits}f} \\pm {s:.{digits}f}$" if n else MISSING
+                tex_text = (MISSING if not n else f"${m:.{digits}f}$" if n == 1 else
+                            f"${m:.{digits}f} \\pm {s:.{digits}f}$")
                 tex.append(f"\\textbf{{{tex_text}}}" if n and m == best and len(finite) > 1 else tex_text)
             md_rows.append([count_label(size), algo_name(algo), family_name(family), *md])
             tex_rows.append([count_label(size), _latex_escape(algo_name(algo)), family_name(family), *tex])
