@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..provenance import format_duration
+from ..training.summary import is_held_out_loss
 from .items import Item
 from .runs import (
     ALGO_NAMES,
@@ -320,7 +321,7 @@ def last_score(run: Run) -> float:
 
 
 def logs_held_out_losses(run: Run) -> bool:
-    return any(np.isfinite(as_float(h.get(signal))) for h in run.history for signal in list(SELECTION_SIGNALS)[1:])
+    return any(is_held_out_loss(k) and np.isfinite(as_float(v)) for h in run.history for k, v in h.items())
 
 
 def selection_iqm_table(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> str:
@@ -384,8 +385,9 @@ def selection_tables(runs: Sequence[Run], reps: int = 2000, seed: int = 0) -> di
 def selection_item(runs: Sequence[Run], directory: Path, reps: int = 2000, seed: int = 0) -> list[Item]:
     text = ("Offline model selection, after the fact: for each held-out signal, the normalised score of the "
             "evaluation where the signal was lowest (each seed's step in brackets), beside the final score (the last "
-            "evaluation, whether or not the run kept an earlier agent) and the best evaluated score (what an oracle would keep), mean ± std over seeds. The signals: the actor's "
-            "action MSE and each network's own training loss on the validation episodes (their first 50k rows). "
+            "evaluation, whether or not the run kept an earlier agent) and the best evaluated score (what an oracle "
+            "would keep), mean ± std over seeds. The signals: the actor's action MSE and each network's own "
+            "training loss on the validation episodes (their first 50k rows). "
             "Those episodes are the run's `validation_size`: 200k held-out transitions by default, more data than "
             "a small training set, or a slice of the cell's own data in early-stopping runs (which the other tables "
             "score at the kept checkpoint; here every evaluation counts). Then, per section, the IQM [95% "
