@@ -248,19 +248,30 @@ def variant_tables(runs: Sequence[Run], digits: int = 1, metric: str = "final_sc
     return out
 
 
+def evaluations_with(run: Run, *columns: str) -> list[dict]:
+    """The history rows (evaluations) of ``run`` with a finite step and finite ``columns``, in order."""
+    return [h for h in run.history
+            if all(np.isfinite(as_float(h.get(c))) for c in ("step", *columns))]
+
+
+def lowest_evaluation(rows: Sequence[dict], column: str) -> dict | None:
+    """The row where ``column`` is lowest, the first (earliest) on ties; None without rows."""
+    return min(rows, key=lambda h: as_float(h[column])) if rows else None
+
+
 def mse_summary(run: Run) -> dict | None:
     """A run's action MSE: final training and validation MSE, and the lowest validation MSE and
     the step it was reached at (where a rising validation MSE starts: the overfitting point),
     with the normalised score evaluated at that step (NaN where that row has none): what
     stopping at the lowest validation MSE, an offline model-selection rule, would have kept."""
-    rows = [(as_float(h.get("step")), as_float(h.get("train_mse")), as_float(h.get("validation_mse")),
-             as_float(h.get("normalized_score"))) for h in run.history]
-    rows = [r for r in rows if np.isfinite(r[0]) and np.isfinite(r[1]) and np.isfinite(r[2])]
-    if not rows:
+    rows = evaluations_with(run, "train_mse", "validation_mse")
+    lowest = lowest_evaluation(rows, "validation_mse")
+    if lowest is None:
         return None
-    lowest = min(rows, key=lambda r: r[2])  # the first step, on ties
-    return {"final_train_mse": rows[-1][1], "final_validation_mse": rows[-1][2],
-            "lowest_validation_mse": lowest[2], "lowest_at": int(lowest[0]), "score_at_lowest": lowest[3]}
+    return {"final_train_mse": as_float(rows[-1]["train_mse"]),
+            "final_validation_mse": as_float(rows[-1]["validation_mse"]),
+            "lowest_validation_mse": as_float(lowest["validation_mse"]), "lowest_at": int(as_float(lowest["step"])),
+            "score_at_lowest": as_float(lowest.get("normalized_score"))}
 
 
 def mse_tables(runs: Sequence[Run], algos: Sequence[str] = ("bc",)) -> dict[str, str]:
@@ -306,13 +317,10 @@ SELECTION_SIGNALS = {"validation_mse": "action MSE", "validation_actor_loss": "a
 def score_at_lowest(run: Run, signal: str) -> tuple[float, int | None]:
     """The normalised score of the evaluation where ``signal`` (a metrics.csv column) is lowest, the first on
     ties, and its step: what stopping on that held-out signal keeps. (NaN, None) where the run has none."""
-    rows = [(as_float(h.get("step")), as_float(h.get(signal)), as_float(h.get("normalized_score")))
-            for h in run.history]
-    rows = [r for r in rows if np.isfinite(r[0]) and np.isfinite(r[1])]
-    if not rows:
+    lowest = lowest_evaluation(evaluations_with(run, signal), signal)
+    if lowest is None:
         return math.nan, None
-    step, _, score = min(rows, key=lambda r: r[1])
-    return score, int(step)
+    return as_float(lowest.get("normalized_score")), int(as_float(lowest["step"]))
 
 
 def last_score(run: Run) -> float:
