@@ -150,6 +150,33 @@ def test_waves_give_one_core_per_job_and_share_the_last_wave():
     assert waves(3, [0]) == [[(0, [0])], [(1, [0])], [(2, [0])]]
 
 
+def test_fewer_workers_take_the_least_busy_cores(tmp_path, monkeypatch):
+    from sparse_reg.training import parallel
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal, per core; the first line (all cores) is not a core.
+    stat.write_text("cpu  9 9 9 9 9 9 9 9\ncpu0 100 0 0 100 0 0 0 0\ncpu1 10 0 0 190 0 0 0 0\n"
+                    "cpu2 50 0 0 150 0 0 0 0\nintr 5\n")
+    before = parallel.read_cpu_times(str(stat))
+    assert before == {0: (100, 200), 1: (10, 200), 2: (50, 200)}
+    # Over the interval: core 0 fully busy (a running sweep), core 1 idle, core 2 a quarter busy (iowait is idle).
+    after = {0: (200, 300), 1: (10, 300), 2: (75, 300)}
+    assert parallel.least_busy([0, 1, 2], 1, before, after) == [1]
+    assert parallel.least_busy([0, 1, 2], 2, before, after) == [1, 2]
+    assert parallel.least_busy([2, 0], 1, before, after) == [2]  # only the cores this process may use
+    # Equal loads, or no samples (not Linux): the lowest core numbers, as before.
+    assert parallel.least_busy([0, 1, 2], 2, {}, {}) == [0, 1]
+    assert parallel.read_cpu_times(str(tmp_path / "missing")) == {}
+    # All cores wanted (or no number given): no sampling, every core.
+    monkeypatch.setattr(parallel, "available_cores", lambda: [0, 1])
+    monkeypatch.setattr(parallel, "read_cpu_times", lambda: pytest.fail("sampled the cores for all of them"))
+    assert parallel.cores_for_workers(None) == parallel.cores_for_workers(2) == parallel.cores_for_workers(5) == [0, 1]
+    samples = iter([before, after])
+    monkeypatch.setattr(parallel, "available_cores", lambda: [0, 1, 2])
+    monkeypatch.setattr(parallel, "read_cpu_times", lambda: next(samples))
+    assert parallel.cores_for_workers(1, sample_s=0.0) == [1]
+
+
 def test_seeds_in_worker_processes_write_one_run_directory_each(tmp_path, hopper_random):
     from sparse_reg.training.parallel import run_jobs, seed_jobs
 

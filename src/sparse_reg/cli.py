@@ -211,7 +211,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default=None, help="where runs go: RUNS/<experiment>/<cell>/seed_<s> "
                    "(default: runs/<budget>)")
     p.add_argument("--workers", type=int, default=None, help="local backend on a CPU: run on this many cores "
-                   "(default: every core this process may use), e.g. to leave some free on a shared machine")
+                   "(default: every core this process may use; fewer: the least busy ones when the sweep starts), "
+                   "e.g. to leave some free on a shared machine or run two sweeps side by side")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
                    "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")

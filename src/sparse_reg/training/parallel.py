@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -53,6 +54,48 @@ class Job:
 
 def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def read_cpu_times(path: str = "/proc/stat") -> dict[int, tuple[int, int]]:
+    """{core: (busy, total)} jiffies since boot, from Linux's ``/proc/stat``; {} where there is none."""
+    times = {}
+    try:
+        with open(path) as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    idle = values[3] + (values[4] if len(values) > 4 else 0)
+                    times[int(name[3:])] = (sum(values) - idle, sum(values))
+    except (OSError, ValueError, IndexError):
+        return {}
+    return times
+
+
+def least_busy(cores: Sequence[int], n: int, before: dict, after: dict) -> list[int]:
+    """The ``n`` of ``cores`` that were least busy between two :func:`read_cpu_times` samples (lowest core
+    number on ties; a core missing from either sample counts as busy), in core order."""
+
+    def busy_share(core: int) -> float:
+        if core not in before or core not in after or after[core][1] <= before[core][1]:
+            return 1.0
+        return (after[core][0] - before[core][0]) / (after[core][1] - before[core][1])
+
+    return sorted(sorted(cores, key=lambda core: (busy_share(core), core))[:n])
+
+
+def cores_for_workers(workers: int | None, sample_s: float = 0.5) -> list[int]:
+    """The cores a local sweep's ``workers`` processes are pinned to: every available core by default;
+    for fewer workers, the least busy cores over ``sample_s`` seconds, so that two sweeps started side by
+    side with ``--workers 1`` do not both land on the first core."""
+    cores = available_cores()
+    if workers is None or workers >= len(cores):
+        return cores
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    before = read_cpu_times()
+    time.sleep(sample_s if before else 0.0)
+    return least_busy(cores, workers, before, read_cpu_times())
 
 
 def resolve_mode(mode: Mode) -> str:
@@ -152,7 +195,7 @@ def run_all(
     ``resume[i]``: continue job i from its checkpoint, else start it afresh.
 
     backend "local" with ``mode`` processes (auto on a CPU): :func:`run_queue` on ``workers``
-    cores (default: all); vmap (auto on an accelerator) or sequential: :func:`run_batches`.
+    cores (default: all; fewer: the least busy, :func:`cores_for_workers`); vmap (auto on an accelerator) or sequential: :func:`run_batches`.
     backend "ray": :func:`run_ray` on the cluster at ``address`` (or a local Ray instance).
     """
     if len(resume) != len(jobs):
@@ -164,7 +207,7 @@ def run_all(
         raise ValueError(f"unknown backend '{backend}': choose local or ray")
     mode = resolve_mode(mode)
     if mode == "processes":
-        run_queue(jobs, resume, on_result, cores=available_cores()[:workers])
+        run_queue(jobs, resume, on_result, cores=cores_for_workers(workers))
     else:
         run_batches(jobs, resume, on_result, mode=mode)
 
