@@ -203,10 +203,10 @@ def train(
     ``on_evaluation(row)`` is called after each evaluation's checkpoint is written. ``evaluators``:
     what each evaluation logs, functions ``(EvaluationContext) -> {column: value}`` whose columns
     make the row of metrics.csv (default :data:`~sparse_reg.training.evaluation.DEFAULT_EVALUATORS`:
-    the returns and the action MSEs, which every run logs). ``resume``: continue from the checkpoint
-    as the run directory records the run (of ``config`` only ``frozen_layout`` counts;
-    :func:`resume_config` checks options given again); a run stopped before its first checkpoint
-    starts again.
+    the returns, the action MSEs and each network's held-out loss, which every run logs). ``resume``:
+    continue from the checkpoint as the run directory records the run (of ``config`` only
+    ``frozen_layout`` counts; :func:`resume_config` checks options given again); a run stopped before
+    its first checkpoint starts again.
     """
     return train_group([config], [out], dataset, resume=resume, overwrite=overwrite, progress=progress,
                        on_evaluation=on_evaluation, evaluators=evaluators)[0]
