@@ -155,11 +155,12 @@ def test_fewer_workers_take_the_least_busy_cores(tmp_path, monkeypatch):
 
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal, per core; the first line (all cores) is not a core.
+    # Waiting for I/O counts as idle: core 2 has 100 idle and 50 iowait jiffies, so 150 of its 200 are idle.
     stat.write_text("cpu  9 9 9 9 9 9 9 9\ncpu0 100 0 0 100 0 0 0 0\ncpu1 10 0 0 190 0 0 0 0\n"
-                    "cpu2 50 0 0 150 0 0 0 0\nintr 5\n")
+                    "cpu2 30 0 20 100 50 0 0 0\nintr 5\n")
     before = parallel.read_cpu_times(str(stat))
     assert before == {0: (100, 200), 1: (10, 200), 2: (50, 200)}
-    # Over the interval: core 0 fully busy (a running sweep), core 1 idle, core 2 a quarter busy (iowait is idle).
+    # Over the interval: core 0 fully busy (a running sweep), core 1 idle, core 2 a quarter busy.
     after = {0: (200, 300), 1: (10, 300), 2: (75, 300)}
     assert parallel.least_busy([0, 1, 2], 1, before, after) == [1]
     assert parallel.least_busy([0, 1, 2], 2, before, after) == [1, 2]

@@ -195,7 +195,8 @@ def run_all(
     ``resume[i]``: continue job i from its checkpoint, else start it afresh.
 
     backend "local" with ``mode`` processes (auto on a CPU): :func:`run_queue` on ``workers``
-    cores (default: all; fewer: the least busy, :func:`cores_for_workers`); vmap (auto on an accelerator) or sequential: :func:`run_batches`.
+    cores (default: all; fewer: the least busy, :func:`cores_for_workers`); vmap (auto on an
+    accelerator) or sequential: :func:`run_batches`.
     backend "ray": :func:`run_ray` on the cluster at ``address`` (or a local Ray instance).
     """
     if len(resume) != len(jobs):
