@@ -594,12 +594,11 @@ def mse_table_items(runs: Sequence[Run], directory: Path, algos: Sequence[str]) 
 
 def best_score(run: Run) -> tuple[float, int | None]:
     """A run's highest evaluated normalised score and the step of its first occurrence (NaN, None: none)."""
-    evaluations = [(as_float(h.get("step")), as_float(h.get("normalized_score"))) for h in run.history]
-    evaluations = [(step, score) for step, score in evaluations if np.isfinite(step) and np.isfinite(score)]
+    evaluations = evaluations_with(run, "normalized_score")
     if not evaluations:
         return math.nan, None
-    step, score = max(evaluations, key=lambda e: (e[1], -e[0]))
-    return score, int(step)
+    best = max(evaluations, key=lambda h: (as_float(h["normalized_score"]), -as_float(h["step"])))
+    return as_float(best["normalized_score"]), int(as_float(best["step"]))
 
 
 def run_record(run: Run) -> dict[str, Any]:
