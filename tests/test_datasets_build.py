@@ -518,3 +518,50 @@ def test_builds_marked_with_the_whole_family_fingerprint_are_still_current(dirs)
     metadata[minari_storage.METADATA_KEY]["policy_fingerprint"] = shipped.fingerprint()
     metadata_file.write_text(json.dumps(metadata))
     assert_served_without_rebuild("hopper-expert-v0")
+
+
+# --------------------------------------------------------------------------- reference builds
+
+
+def test_a_build_records_its_fingerprint_and_blas_kernel(dirs):
+    path = registry.make("hopper-medium-v0", size=120, **SMALL)
+    record = minari_storage.read_record(path)
+    assert record["fingerprint"] == minari_storage.read_built(path).fingerprint()
+    # NumPy's wheels bring OpenBLAS, which names the kernel it picked for this CPU.
+    assert [k["library"] for k in record["blas"]] == ["openblas"] and record["blas"][0]["architecture"]
+
+
+def test_reference_build_is_told_only_at_the_reference_settings():
+    expert = dict(name="hopper-expert-v0", kind="expert", seed=0, requested_size=None, max_episode_steps=None,
+                  n_envs=registry.DEFAULT_N_ENVS, fingerprint=registry.REFERENCE_FINGERPRINTS["hopper-expert-v0"])
+    assert registry.reference_build(expert) is True
+    assert registry.reference_build({**expert, "fingerprint": "0" * 16}) is False
+    for change in ({"seed": 1}, {"requested_size": 5000}, {"n_envs": 4}, {"max_episode_steps": 30},
+                   {"fingerprint": None}, {"name": "hopper-expert-v1"}):
+        assert registry.reference_build({**expert, **change}) is None, change
+    # Each kind has its own default environment count: 10 for expert-replay, one (the buffer) for medium-replay.
+    replay = dict(expert, name="hopper-expert-replay-v0", kind="expert-replay", n_envs=registry.DEFAULT_REPLAY_N_ENVS,
+                  fingerprint=registry.REFERENCE_FINGERPRINTS["hopper-expert-replay-v0"])
+    assert registry.reference_build(replay) is True
+    assert registry.reference_build({**replay, "n_envs": registry.DEFAULT_N_ENVS}) is None
+    medium_replay = dict(expert, name="hopper-medium-replay-v0", kind="medium-replay", n_envs=1,
+                         fingerprint=registry.REFERENCE_FINGERPRINTS["hopper-medium-replay-v0"])
+    assert registry.reference_build(medium_replay) is True
+
+
+def test_a_build_other_than_the_reference_says_how_to_get_the_reference(dirs, monkeypatch):
+    monkeypatch.setattr(registry, "reference_build", lambda record: False)
+    with pytest.warns(UserWarning, match=r"differs from the reference build .*OPENBLAS_CORETYPE=SkylakeX"):
+        registry.make("hopper-medium-v0", size=120, **SMALL)
+
+
+def test_datasets_list_marks_builds_that_are_not_the_reference(dirs, monkeypatch, capsys):
+    from sparse_reg import commands
+
+    registry.make("hopper-medium-v0", size=120, **SMALL)
+    commands.datasets_list_command()
+    assert "other" not in capsys.readouterr().out  # a small build: not comparable with the reference
+    monkeypatch.setattr(commands, "reference_build", lambda record: False)
+    commands.datasets_list_command()
+    out = capsys.readouterr().out
+    assert "│ other" in out and "OPENBLAS_CORETYPE=SkylakeX" in out

@@ -18,12 +18,14 @@ from .console import wide_console
 from .data.dataset import DatasetError
 from .data.reference import D4RL_REFERENCE_SCORES, GYMNASIUM_ENV_FOR_FAMILY
 from .data.registry import (
+    REFERENCE_KERNEL_HINT,
     data_dir,
     dataset_path,
     is_built,
     make,
     parse_name,
     read_record,
+    reference_build,
     status,
 )
 from .experiments.export import export_runs
@@ -213,16 +215,18 @@ def export_command(runs_dir: str | Path, out: str | Path) -> int:
 def datasets_list_command(root: Path | None = None, policies: Path | None = None) -> None:
     """Print a table of the project's datasets: state, size, reference scores (ours and D4RL)."""
     table = Table(title=f"sparse-reg datasets (in {root or data_dir()})")
-    for column in ("name", "env", "status", "transitions", "random ref", "expert ref", "D4RL random", "D4RL expert"):
+    columns = ("name", "env", "status", "transitions", "bits", "random ref", "expert ref", "D4RL random", "D4RL expert")
+    for column in columns:
         table.add_column(
             column,
             justify="right" if "ref" in column or "D4RL" in column or column == "transitions" else "left",
             no_wrap=column == "name",
         )
+    other_bits = False
     for row in status(root, policies):
         family, _ = parse_name(row.name)
         d4rl = D4RL_REFERENCE_SCORES[family]
-        transitions = random_ref = expert_ref = ""
+        transitions = random_ref = expert_ref = bits = ""
         if row.built:
             state = "[green]built[/green]"
             record = read_record(row.path)
@@ -231,15 +235,25 @@ def datasets_list_command(root: Path | None = None, policies: Path | None = None
             ref = record.get("reference", {})
             random_ref = _fmt(ref.get("random", minari_info.get("ref_min_score")))
             expert_ref = _fmt(ref.get("expert", minari_info.get("ref_max_score")))
+            is_reference = reference_build(record)
+            bits, other_bits = BUILD_BITS[is_reference], other_bits or is_reference is False
         elif row.can_build:
             state = "not built (can build)"
         else:
             state = "[dim]cannot build (no shipped policy)[/dim]"
         table.add_row(
-            row.name, GYMNASIUM_ENV_FOR_FAMILY[family], state, transitions, random_ref, expert_ref,
+            row.name, GYMNASIUM_ENV_FOR_FAMILY[family], state, transitions, bits, random_ref, expert_ref,
             _fmt(d4rl.random), _fmt(d4rl.expert),
         )  # fmt: skip
     wide_console().print(table)
+    if other_bits:
+        wide_console().print(f"[yellow]'other' bits: built on a CPU whose BLAS kernel rounds the behaviour policy otherwise "
+                             f"than the reference builds the committed results used; {REFERENCE_KERNEL_HINT} "
+                             f"reproduces them (sparse-reg datasets make NAME --force)[/yellow]")
+
+
+# Whether a build is the reference build (registry.reference_build), as the datasets table says it.
+BUILD_BITS = {True: "reference", False: "[yellow]other[/yellow]", None: ""}
 
 
 def datasets_make_command(

@@ -132,6 +132,18 @@ def _seeds(seed: int, n: int) -> tuple[list[int], np.random.Generator]:
     return [int(s) for s in env_sequence.generate_state(n)], np.random.default_rng(noise_sequence)
 
 
+def blas_kernels() -> list[dict]:
+    """The BLAS libraries NumPy uses and the kernel each picked for this CPU (it decides how the
+    policy's matrix products round, hence a rollout dataset's bits: see ``registry``)."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {"library": info.get("internal_api"), "version": info.get("version"), "architecture": info.get("architecture")}
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+
+
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Limit BLAS to one thread for the duration."""

@@ -44,7 +44,16 @@ Datasets are written in Minari's local format under ``SPARSE_REG_DATA_DIR`` (def
 readable with ``minari.load_dataset(name)``; :func:`load` reads them without that variable. A
 build is written into a hidden temporary directory next to the target and renamed into place
 when complete, so a half-written dataset is never visible; building is deterministic for a
-given seed and idempotent (an existing complete dataset is just loaded).
+given seed *and CPU kernel* and idempotent (an existing complete dataset is just loaded).
+
+A rollout dataset's bits depend on the BLAS kernel NumPy's OpenBLAS picks for the CPU: the
+behaviour policy's float32 matrix products round differently with the AVX-512 ("SkylakeX") and
+AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one action's last bit into other
+episodes. The data are the same in distribution, not in bits. :data:`REFERENCE_FINGERPRINTS` are
+the builds (seed 0, default size) that the results under ``docs/results`` used, made with the
+SkylakeX kernel: a build that differs gets a warning, and ``OPENBLAS_CORETYPE=SkylakeX`` (on an
+AVX-512 CPU) reproduces them bit for bit. ``medium-replay`` has no rollouts, so it is the same
+everywhere. Each build records its fingerprint and BLAS kernel.
 
 This module owns the names and the build; the pieces it builds from are their own modules:
 :mod:`.shipped_policies` (the shipped policies and their provenance), :mod:`.collect` (rollouts),
@@ -62,6 +71,7 @@ from typing import NamedTuple
 from .collect import (
     Segment,
     behaviour_policy_fn,
+    blas_kernels,
     collect_rollouts,
     collect_schedule,
     random_policy_return,
@@ -92,6 +102,24 @@ RANDOM_EPISODES = 100
 BUILD_FORMAT = 1  # bump when the way datasets are built changes
 
 DATA_DIR_ENV = "SPARSE_REG_DATA_DIR"
+
+# Dataset.fingerprint() of the reference builds (module docstring): seed 0, default size and
+# environments, OpenBLAS SkylakeX kernel.
+REFERENCE_FINGERPRINTS: dict[str, str] = {
+    "halfcheetah-expert-v0": "025b568012183b8e",
+    "halfcheetah-medium-v0": "30a5e056daaba031",
+    "halfcheetah-medium-replay-v0": "783c69a4c3139906",
+    "halfcheetah-expert-replay-v0": "d67b03c08335f065",
+    "hopper-expert-v0": "2859bdea245c02b4",
+    "hopper-medium-v0": "94be95de23dc7f67",
+    "hopper-medium-replay-v0": "db54af2213d0eb49",
+    "hopper-expert-replay-v0": "376ecbad5598633e",
+    "walker2d-expert-v0": "a1b7d188e4e0a4d2",
+    "walker2d-medium-v0": "15e48fde8dc60f52",
+    "walker2d-medium-replay-v0": "143543ea5947d3f0",
+    "walker2d-expert-replay-v0": "275328094f7fe59b",
+}
+REFERENCE_KERNEL_HINT = "OPENBLAS_CORETYPE=SkylakeX (on a CPU with AVX-512)"
 
 # Reset seeds of the random-reference episodes are offset from the build seed so that they are
 # not the very same initial states as the dataset's first episodes.
@@ -236,9 +264,38 @@ def make(
         "policy_provenance": _provenance_summary(shipped, kind),
         "policy_fingerprint": shipped.fingerprint(kind),
         "approximation": _approximation_note(source),
+        "fingerprint": dataset.fingerprint(),
+        "blas": blas_kernels(),
     }
     write_atomically(path, dataset, record, reference, force)
+    if reference_build(record) is False:
+        warnings.warn(
+            f"{name}: this build (fingerprint {record['fingerprint']}) differs from the reference build "
+            f"({REFERENCE_FINGERPRINTS[name]}) that the committed results used, because this CPU's BLAS kernel "
+            f"({_kernel_names(record)}) rounds the behaviour policy differently; it is as valid, but to reproduce "
+            f"the reference bits rebuild with {REFERENCE_KERNEL_HINT}",
+            stacklevel=2,
+        )
     return path
+
+
+def reference_build(record: dict) -> bool | None:
+    """Is the build that ``record`` describes the reference build? None where that cannot be told:
+    another seed, size or environment count than the reference's, or a record from before builds
+    recorded their fingerprint."""
+    name, fingerprint = record.get("name"), record.get("fingerprint")
+    if name not in REFERENCE_FINGERPRINTS or fingerprint is None:
+        return None
+    default_envs = {"medium-replay": 1, "expert-replay": DEFAULT_REPLAY_N_ENVS}.get(record.get("kind"), DEFAULT_N_ENVS)
+    as_reference = (record.get("seed"), record.get("requested_size"), record.get("max_episode_steps"), record.get("n_envs"))
+    if as_reference != (0, None, None, default_envs):
+        return None
+    return fingerprint == REFERENCE_FINGERPRINTS[name]
+
+
+def _kernel_names(record: dict) -> str:
+    kernels = [f"{k.get('library')} {k.get('architecture')}" for k in record.get("blas") or []]
+    return ", ".join(kernels) or "unknown"
 
 
 def _check_matches(path: Path, name: str, seed: int | None, size: int | None) -> None:
