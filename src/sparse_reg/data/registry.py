@@ -46,9 +46,9 @@ build is written into a hidden temporary directory next to the target and rename
 when complete, so a half-written dataset is never visible; building is deterministic for a
 given seed *and CPU kernel* and idempotent (an existing complete dataset is just loaded).
 
-A rollout dataset's bits depend on the BLAS kernel NumPy's OpenBLAS picks for the CPU: the
-behaviour policy's float32 matrix products round differently with the AVX-512 ("SkylakeX") and
-AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one action's last bit into other
+A rollout dataset's bits depend on the BLAS kernel NumPy's OpenBLAS runs (its pick for the CPU,
+or ``$OPENBLAS_CORETYPE``): the behaviour policy's float32 matrix products round differently with
+the AVX-512 ("SkylakeX") and AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one action's last bit into other
 episodes. The data are the same in distribution, not in bits. :data:`REFERENCE_FINGERPRINTS` are
 the builds (seed 0, default size) that the results under ``docs/results`` used, made with the
 SkylakeX kernel: a build that differs gets a warning, and ``OPENBLAS_CORETYPE=SkylakeX`` (on an
@@ -271,7 +271,7 @@ def make(
     if reference_build(record) is False:
         warnings.warn(
             f"{name}: this build (fingerprint {record['fingerprint']}) differs from the reference build "
-            f"({REFERENCE_FINGERPRINTS[name]}) that the committed results used, because this CPU's BLAS kernel "
+            f"({REFERENCE_FINGERPRINTS[name]}) that the committed results used, because the BLAS kernel in use "
             f"({_kernel_names(record)}) rounds the behaviour policy differently; it is as valid, but to reproduce "
             f"the reference bits rebuild with {REFERENCE_KERNEL_HINT}",
             stacklevel=2,
