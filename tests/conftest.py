@@ -27,8 +27,21 @@ from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 
 # The tests' worker processes share a compilation cache of their own, not the user's; the process
 # that made it (pytest's controller: the workers inherit the variable) removes it when it exits.
+# A killed run cannot: its directory names its process, and the next run removes those of dead ones.
+_TEST_JAX_CACHE_PREFIX = "sparse-reg-test-jax-cache-"
+
+
+def _remove_caches_of_dead_runs() -> None:
+    for directory in Path(tempfile.gettempdir()).glob(f"{_TEST_JAX_CACHE_PREFIX}*-*"):
+        pid = directory.name[len(_TEST_JAX_CACHE_PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 if "SPARSE_REG_JAX_CACHE" not in os.environ:
-    _TEST_JAX_CACHE = tempfile.mkdtemp(prefix="sparse-reg-test-jax-cache-")
+    if Path("/proc/self").exists():  # Linux: process ids can be checked
+        _remove_caches_of_dead_runs()
+    _TEST_JAX_CACHE = tempfile.mkdtemp(prefix=f"{_TEST_JAX_CACHE_PREFIX}{os.getpid()}-")
     os.environ["SPARSE_REG_JAX_CACHE"] = _TEST_JAX_CACHE
     atexit.register(shutil.rmtree, _TEST_JAX_CACHE, ignore_errors=True)
 
