@@ -39,6 +39,16 @@ def untrained_return(config: RunConfig, dataset) -> float:
         evaluator.close()
 
 
+# BC and TD3+BC refresh their masks every 1000 steps; AWAC and IQL keep the mask of step 0. A refresh
+# disturbs an advantage-weighted actor (docs/results/figure5-quick), and within 3000 steps that made
+# their test a draw on the data's bits (the BLAS kernel rounds the behaviour policy: docs/datasets.md)
+# and on XLA's rounding: with refreshes IQL ended at 35-1030, under 300 in 2 of 4 runs (data seeds
+# 0-2; seed 0 again under this suite's XLA flags), AWAC at 231 and 2455 (seeds 2, 1). With the mask
+# of step 0: IQL 945-2406, AWAC 505-3261 over seeds 0-2 and both kernels. BC and TD3+BC with
+# refreshes: 743-1486 (seeds 1, 2).
+MASKS_KEPT_FROM_STEP_0 = ("awac", "iql")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bc", "td3bc", "awac", "iql"])
 def test_short_sparse_run_improves_return(tmp_path, hopper_expert, algo):
@@ -47,7 +57,8 @@ def test_short_sparse_run_improves_return(tmp_path, hopper_expert, algo):
     # evaluation's seed depends on the step alone), so the final return is the one an evaluation
     # every 1000 steps gives (checked: identical for BC); the two left out cost ~3 s of CPU of BC's ~11.
     config = RunConfig(algo=algo, dataset="hopper-expert-sample", size=5000, validation_size=3000, steps=3000,
-                       eval_every=3000, eval_episodes=5, sparsity="auto", mask_interval=1000)
+                       eval_every=3000, eval_episodes=5, sparsity="auto", mask_interval=1000,
+                       mask_until=0 if algo in MASKS_KEPT_FROM_STEP_0 else 200_000)
     before = untrained_return(config, hopper_expert)
     summary = train(config, tmp_path / algo, dataset=hopper_expert, progress=False)
     after = summary["final_return"]
