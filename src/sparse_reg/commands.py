@@ -247,8 +247,8 @@ def datasets_list_command(root: Path | None = None, policies: Path | None = None
         )  # fmt: skip
     wide_console().print(table)
     if other_bits:
-        wide_console().print(f"[yellow]'other' bits: built on a CPU whose BLAS kernel rounds the behaviour policy otherwise "
-                             f"than the reference builds the committed results used; {REFERENCE_KERNEL_HINT} "
+        wide_console().print(f"[yellow]'other' bits: built with a BLAS kernel that rounds the behaviour policy otherwise "
+                             f"than the reference builds the committed results used (docs/datasets.md); {REFERENCE_KERNEL_HINT} "
                              f"reproduces them (sparse-reg datasets make NAME --force)[/yellow]")
 
 

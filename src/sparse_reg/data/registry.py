@@ -48,10 +48,10 @@ given seed *and CPU kernel* and idempotent (an existing complete dataset is just
 
 A rollout dataset's bits depend on the BLAS kernel NumPy's OpenBLAS runs (its pick for the CPU,
 or ``$OPENBLAS_CORETYPE``): the behaviour policy's float32 matrix products round differently with
-the AVX-512 ("SkylakeX") and AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one action's last bit into other
-episodes. The data are the same in distribution, not in bits. :data:`REFERENCE_FINGERPRINTS` are
-the builds (seed 0, default size) that the results under ``docs/results`` used, made with the
-SkylakeX kernel: a build that differs gets a warning, and ``OPENBLAS_CORETYPE=SkylakeX`` (on an
+the AVX-512 ("SkylakeX") and AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one
+action's last bit into other episodes. The data are the same in distribution, not in bits.
+:data:`REFERENCE_FINGERPRINTS` are the builds (seed 0, default size) that most results under
+``docs/results`` used, made with the SkylakeX kernel: a build that differs gets a warning, and ``OPENBLAS_CORETYPE=SkylakeX`` (on an
 AVX-512 CPU) reproduces them bit for bit. ``medium-replay`` has no rollouts, so it is the same
 everywhere. Each build records its fingerprint and BLAS kernel.
 
