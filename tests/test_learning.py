@@ -53,12 +53,12 @@ MASKS_KEPT_FROM_STEP_0 = ("awac", "iql")
 @pytest.mark.parametrize("algo", ["bc", "td3bc", "awac", "iql"])
 def test_short_sparse_run_improves_return(tmp_path, hopper_expert, algo):
     # One evaluation, at the end: the assertions read only the last one, and evaluations change
-    # nothing in the training (chunks still end at the mask refreshes every 1000 steps; the final
+    # nothing in the training (chunks still end at the mask refreshes, every 1000 steps for BC/TD3+BC; the final
     # evaluation's seed depends on the step alone), so the final return is the one an evaluation
     # every 1000 steps gives (checked: identical for BC); the two left out cost ~3 s of CPU of BC's ~11.
     config = RunConfig(algo=algo, dataset="hopper-expert-sample", size=5000, validation_size=3000, steps=3000,
                        eval_every=3000, eval_episodes=5, sparsity="auto", mask_interval=1000,
-                       mask_until=0 if algo in MASKS_KEPT_FROM_STEP_0 else 200_000)
+                       mask_until=0 if algo in MASKS_KEPT_FROM_STEP_0 else RunConfig().mask_until)
     before = untrained_return(config, hopper_expert)
     summary = train(config, tmp_path / algo, dataset=hopper_expert, progress=False)
     after = summary["final_return"]
