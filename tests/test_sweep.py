@@ -186,6 +186,11 @@ def test_bad_configs_are_refused(tmp_path, mutation, fragment):
     assert fragment in str(error.value) and "bad.toml" in str(error.value)
 
 
+def test_a_packaged_config_is_named_by_its_package_path():
+    # The same in every checkout and install, so a run exported from two checkouts has the same tags.
+    assert load_experiment("table3").config_file == "sparse_reg/experiments/configs/table3.toml"
+
+
 def test_unknown_experiment_name():
     with pytest.raises(ExperimentError, match="unknown experiment 'table9'"):
         load_experiment("table9")
@@ -242,6 +247,7 @@ def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_
     tags = json.loads((good / TAGS_FILE).read_text())
     assert tags["experiment"] == "tiny" and tags["variant"] == "dense" and tags["seed"] == 0
     assert tags["cell"] == "hopper_random-1000-dense" and tags["axes"]["size"] == 1000
+    assert tags["config_file"] == str(Path(config).resolve())  # a user's file: its absolute path
     manifest = json.loads((runs_dir / "tiny" / "sweep.json").read_text())
     assert [r["dir"] for r in manifest["runs"]] == ["hopper_random-1000-dense/seed_0", "missing-1000-dense/seed_0"]
     assert manifest["report"] == {"kind": "comparison_table"} and manifest["budget"]["steps"] == 200

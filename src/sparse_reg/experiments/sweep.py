@@ -92,6 +92,14 @@ class Experiment:
     budgets: dict[str, Budget]
     report: dict
 
+    @property
+    def config_file(self) -> str:
+        """Where the config came from, as written into tags and manifests: a packaged config by its
+        package path (the same in every checkout and install), any other file by its absolute path."""
+        if self.source.parent == CONFIG_DIR.resolve():
+            return f"sparse_reg/experiments/configs/{self.source.name}"
+        return str(self.source)
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -129,7 +137,7 @@ class SweepRun:
             "axes": self.cell.axes,
             "family": family,
             "kind": kind,
-            "config_file": str(experiment.source),
+            "config_file": experiment.config_file,
         }
 
 
@@ -570,7 +578,7 @@ def _write_manifest(experiment: Experiment, budget: str, runs: list[SweepRun], r
         "title": experiment.title,
         "paper": experiment.paper,
         "description": experiment.description,
-        "config_file": str(experiment.source),
+        "config_file": experiment.config_file,
         "budget": {"name": budget, "steps": b.steps, "seeds": list(b.seeds), "eval_every": b.eval_every,
                    "eval_episodes": b.eval_episodes, "base": b.base, "cuts": b.cuts},
         "variants": experiment.variants,
