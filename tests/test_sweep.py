@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sparse_reg import provenance
 from sparse_reg.cli import main
 from sparse_reg.data import registry
 from sparse_reg.experiments import sweep
@@ -395,7 +396,7 @@ def test_time_estimate_runs_each_run_on_one_core():
 
     def run(algo, steps=30_000):
         config = RunConfig(algo=algo, steps=steps, eval_every=3000, eval_episodes=5)
-        return SimpleNamespace(job=SimpleNamespace(config=config))
+        return SimpleNamespace(job=SimpleNamespace(config=config), cell=SimpleNamespace(id=algo))
 
     # IQL, one pinned core: 30 s start + 30k / 140 updates/s + 10 evaluations x (1 + 5 x 0.1) s
     one = 30 + 30_000 / 140 + 10 * 1.5
@@ -407,3 +408,23 @@ def test_time_estimate_runs_each_run_on_one_core():
     # longest first: one IQL run per core, then each BC run joins the less loaded core
     assert sweep.estimate_seconds([run("bc"), run("iql"), run("bc"), run("iql")]) == pytest.approx(one + bc)
     assert sweep.estimate_seconds([]) == 0.0
+    # A cell timed by its finished runs takes that time: 2 IQL runs of 600 s, one per core.
+    assert sweep.estimate_seconds([run("iql")] * 2, measured={"iql": 600.0}) == pytest.approx(600)
+    assert sweep.estimate_seconds([run("iql"), run("bc")], measured={"iql": 10.0}) == pytest.approx(bc)
+
+
+def test_finished_runs_time_the_other_seeds_of_their_cell(tmp_path, capsys):
+    config = tiny_config(tmp_path, ["data.npz"], seeds=(0, 1, 2))
+    runs = expand(load_experiment(config), "quick", tmp_path / "runs")
+    here = provenance.machine()
+    for r, seconds in zip(runs, (100.0, 300.0)):  # seeds 0 and 1 finished; seed 2 not
+        fake_run(r, summary=True)
+        (r.out / "summary.json").write_text(json.dumps({"wall_seconds": seconds, "machine": here}))
+    assert sweep.measured_cell_seconds(runs) == {runs[0].cell.id: pytest.approx(200.0)}  # the median
+    # Runs of another machine, or with no wall time, do not time this one's.
+    assert sweep.measured_cell_seconds(runs, on="another CPU (2 cores)") == {}
+    (runs[1].out / "summary.json").write_text(json.dumps({"steps": 1, "machine": here}))
+    assert sweep.measured_cell_seconds(runs) == {runs[0].cell.id: pytest.approx(100.0)}
+    assert main(["sweep", str(config), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 to run" in out and "about 2 min" in out and "timed by the finished runs of their cells here" in out

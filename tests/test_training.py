@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,7 @@ def test_sparse_iql_run_writes_summary_logs_and_follows_mask_schedule(tmp_path, 
     # summary.json rounds to 0.1 s and metrics.csv to 0.01 s: 10.25 -> 10.2 differs by 0.05 plus float error.
     assert summary["wall_seconds"] == pytest.approx(last_wall, abs=0.0501) and last_wall > 0
     assert summary["code_version"] and summary["finished_at"].endswith("+00:00")
+    assert re.fullmatch(r".+ \(\d+ cores\)(, .+)?", summary["machine"])  # "AMD EPYC (2 cores)"
     assert [row["step"] for row in summary["eval_history"]] == [200, 400, 600]
     for network, fraction in summary["sparsity"].items():
         assert fraction == pytest.approx(0.9, abs=1e-3), network  # k is rounded to whole weights

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +24,32 @@ def code_version() -> str:
             return f"sparse-reg {metadata.version('sparse-reg')}"
         except metadata.PackageNotFoundError:
             return "unknown"
+
+
+@functools.cache
+def machine() -> str:
+    """The machine a run ran on, as its summary records it: CPU model and core count, and the
+    accelerator where JAX uses one ("AMD EPYC (2 cores)", "... (16 cores), NVIDIA H100 80GB HBM3").
+    Wall times are comparable only between runs of the same machine (hosts differ ~2x)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+                break
+    except OSError:  # not Linux
+        pass
+    text = f"{model} ({os.cpu_count()} cores)"
+    try:
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            text += f", {device.device_kind}"
+    except Exception:  # no JAX backend to ask: the CPU alone
+        pass
+    return text
 
 
 def _git(cwd: Path, *args: str) -> str:

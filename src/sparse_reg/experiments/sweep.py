@@ -25,13 +25,14 @@ import itertools
 import json
 import math
 import re
+import statistics
 import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..provenance import format_duration, parse_count
+from ..provenance import format_duration, machine, parse_count
 from ..training.config import RunConfig
 from ..training.parallel import Job, run_all
 from ..training.run_directory import CHECKPOINT_FILE, CONFIG_FILE, SUMMARY_FILE, RunFileError, is_finished, read_json
@@ -376,14 +377,37 @@ def run_seconds(config: RunConfig) -> float:
     return RUN_OVERHEAD_S + config.steps / speed + evaluations * (EVAL_BASE_S + EVAL_PER_EPISODE_S * config.eval_episodes)
 
 
-def estimate_seconds(runs: Iterable[SweepRun], cores: int = 2) -> float:
+def estimate_seconds(runs: Iterable[SweepRun], cores: int = 2, measured: dict[str, float] | None = None) -> float:
     """Rough wall time on an idle ``cores``-core CPU with one pinned process per core: each run
     goes to the core that frees first, longest runs first (so one run takes its own time, not a
-    share of the cores)."""
+    share of the cores). A run whose cell is in ``measured`` (cell id -> seconds, from
+    :func:`measured_cell_seconds`) takes that time instead of the model's."""
+    measured = measured or {}
     loads = [0.0] * max(cores, 1)
-    for seconds in sorted((run_seconds(run.job.config) for run in runs), reverse=True):
+    times = (measured.get(run.cell.id) or run_seconds(run.job.config) for run in runs)
+    for seconds in sorted(times, reverse=True):
         loads[loads.index(min(loads))] += seconds
     return max(loads)
+
+
+def measured_cell_seconds(finished: Iterable[SweepRun], on: str | None = None) -> dict[str, float]:
+    """Median wall time (``summary.json``'s ``wall_seconds``) of each cell's finished runs that
+    ran on the machine ``on`` (default: this one; runs that do not record theirs are left out).
+
+    The model of :func:`run_seconds` is fitted on one machine and ignores network width and the
+    faster frozen phase of sparse runs (off by 2-8x on some cells); a finished seed of the same
+    cell, on the machine that runs the rest, is the better guess for its other seeds."""
+    on = on or machine()
+    times: dict[str, list[float]] = {}
+    for run in finished:
+        try:
+            summary = read_json(run.out / SUMMARY_FILE)
+            seconds = float(summary["wall_seconds"])
+        except (OSError, RunFileError, KeyError, TypeError, ValueError):
+            continue
+        if seconds > 0 and summary.get("machine") == on:
+            times.setdefault(run.cell.id, []).append(seconds)
+    return {cell: statistics.median(values) for cell, values in times.items()}
 
 
 # ----------------------------------------------------------------------------- run state
@@ -654,10 +678,15 @@ def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple
     counts = {s: sum(1 for _, state, _ in states if state == s) for s in (FRESH, RESUME, SKIP, CONFLICT)}
     b = experiment.budgets[budget]
     todo = [run for run, state, _ in states if state in (FRESH, RESUME)]
+    measured = measured_cell_seconds(run for run, state, _ in states if state == SKIP)
+    timed = sum(1 for run in todo if run.cell.id in measured)
+    how = (f" ({timed} of them timed by the finished runs of their cell here, the rest by the model)"
+           if 0 < timed < len(todo) else " (timed by the finished runs of their cells here)" if timed else "")
     console.print(f"{_plural(len(states), 'run')}{selected} ({_plural(len(by_cell), 'cell')} x {_plural(len(b.seeds), 'seed')}, "
                   f"{b.steps:,} steps each): {counts[FRESH]} to run, {counts[RESUME]} to resume, "
                   f"{counts[SKIP]} finished, {counts[CONFLICT]} in conflict; about "
-                  f"{format_duration(estimate_seconds(todo))} on an idle 2-core CPU", markup=False, highlight=False)
+                  f"{format_duration(estimate_seconds(todo, measured=measured))} on an idle 2-core CPU{how}",
+                  markup=False, highlight=False)
     if b.cuts:
         console.print(f"budget {budget} cuts: {b.cuts}", markup=False, highlight=False)
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..algorithms import Algorithm
-from ..provenance import code_version, wall_seconds
+from ..provenance import code_version, machine, wall_seconds
 from ..sparsity import SparseRegConfig, weight_sparsity
 from .config import SPARSE_REG_KEY, RunConfig
 from .prepare import PreparedData
@@ -59,6 +59,7 @@ def build_summary(config: RunConfig, data: PreparedData, state: Any, algorithm: 
         "wall_seconds": round(wall_seconds(rows), 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
+        "machine": machine(),
         "eval_history": history,
     }
     if sparse_reg is not None:
