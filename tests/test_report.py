@@ -86,7 +86,8 @@ def _write_run(directory: Path, algo, env, variant, seed, final_score, *, steps=
             "reference_scores": {"random": REFS[env][0], "expert": REFS[env][1]}, "config": config,
             "eval_history": history,
             # the L1 runs stand for runs made before summaries recorded their code and wall time
-            **({} if variant == "l1" else {"code_version": "abc1234567", "wall_seconds": 60.0 * (seed + 1)}),
+            **({} if variant == "l1" else {"code_version": "abc1234567", "wall_seconds": 60.0 * (seed + 1),
+                                           "machine": "Some CPU (2 cores)"}),
         }))
 
 
@@ -303,7 +304,8 @@ def test_index_links_resolve_and_skips_are_reported(built):
     for name in ("curves_expert_iql.png", "iqm_expert.png", "normalized_score.md", "final_scores.csv"):
         assert name in text
     # 19 of the 22 counted runs record code and wall time: 6 cells x (60 + 120 + 180) s + 60 s (tagged)
-    assert ("Made by the code at `abc1234567` × 19 (commit × runs); 3 run(s) do not record it. Training wall time, "
+    assert ("Made by the code at `abc1234567` × 19 (commit × runs); 3 run(s) do not record it. Run on "
+            "Some CPU (2 cores) × 19 (machine × runs); 3 run(s) do not record it. Training wall time, "
             "summed over the 19 run(s) that record it: 37.0 min (median 2.0 min per run).") in text
     skipped = text.split("## Skipped")[1].split("\n## ")[0]
     assert "exp/iql-hopper-dense/seed_3" in skipped and "in progress" in skipped

@@ -47,7 +47,7 @@ def machine() -> str:
         device = jax.devices()[0]
         if device.platform != "cpu":
             text += f", {device.device_kind}"
-    except Exception:  # no JAX backend to ask: the CPU alone
+    except (ImportError, RuntimeError):  # no JAX backend to ask: the CPU alone
         pass
     return text
 

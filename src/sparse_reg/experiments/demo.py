@@ -12,8 +12,6 @@ the demo's numbers is recorded by running the demo once more, never by hand.
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import time
 from datetime import datetime, timezone
@@ -23,7 +21,7 @@ from rich.table import Table
 
 from ..console import wide_console
 from ..data import load_dataset
-from ..provenance import code_version, format_duration
+from ..provenance import code_version, format_duration, machine
 from ..training.config import RunConfig
 from ..training.logging import METRICS_FILE, read_rows
 from ..training.trainer import train
@@ -76,27 +74,15 @@ def _row(label: str, summary: dict) -> tuple[str, ...]:
 def results_markdown(rows: list[tuple[str, ...]], dataset: str, size: int, steps: int, wall: float) -> str:
     """The demo's table as Markdown, headed by what made it: command, commit, machine, date, wall time."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{_cpu_model()}, {os.cpu_count()} cores"
     lines = [
         f"`sparse-reg demo` ({dataset}, {size:,} training transitions, {steps:,} steps per run, seed 0) at "
-        f"commit `{code_version()}`, {when}, {machine}; {format_duration(wall, 1)} for the four runs:",
+        f"commit `{code_version()}`, {when}, {machine()}; {format_duration(wall, 1)} for the four runs:",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "| " + " | ".join("---" for _ in COLUMNS) + " |",
         *("| " + " | ".join(row) + " |" for row in rows),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's machine type."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def record_demo(demo_dir: Path, docs_dir: Path, readme: Path) -> Path:

@@ -128,7 +128,7 @@ def write_report(
 
 
 def _compute_text(runs: list[Run]) -> str:
-    """Which code made the runs and what they cost (from their summaries; older runs lack both)."""
+    """Which code made the runs, on which machine, and what they cost (from their summaries; older runs lack these)."""
     versions = Counter(r.summary["code_version"] for r in runs if r.summary.get("code_version"))
     walls = [float(r.summary["wall_seconds"]) for r in runs if r.summary.get("wall_seconds") is not None]
     parts = []
@@ -137,6 +137,11 @@ def _compute_text(runs: list[Run]) -> str:
         unknown = len(runs) - sum(versions.values())
         parts.append(f"Made by the code at {listed} (commit × runs)"
                      + (f"; {unknown} run(s) do not record it." if unknown else "."))
+    machines = Counter(r.summary["machine"] for r in runs if r.summary.get("machine"))
+    if machines:
+        listed = ", ".join(f"{m} × {n}" for m, n in machines.most_common())
+        unknown = len(runs) - sum(machines.values())
+        parts.append(f"Run on {listed} (machine × runs)" + (f"; {unknown} run(s) do not record it." if unknown else "."))
     if walls:
         parts.append(f"Training wall time, summed over the {len(walls)} run(s) that record it: "
                      f"{format_duration(sum(walls), 1)} (median {format_duration(float(np.median(walls)), 1)} per run).")
