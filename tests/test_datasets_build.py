@@ -565,3 +565,22 @@ def test_datasets_list_marks_builds_that_are_not_the_reference(dirs, monkeypatch
     commands.datasets_list_command()
     out = capsys.readouterr().out
     assert "│ other" in out and "OPENBLAS_CORETYPE=SkylakeX" in out
+
+
+def test_datasets_list_takes_the_fingerprint_of_an_older_build_from_its_data(dirs, monkeypatch, capsys):
+    # Builds made before records kept a fingerprint still get a "bits" verdict: from the data.
+    from sparse_reg import commands
+    from sparse_reg.data.minari_storage import METADATA_KEY
+
+    path = registry.make("hopper-medium-v0", size=120, **SMALL)
+    expected = registry.load("hopper-medium-v0").fingerprint()
+    metadata_file = path / "data" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    del metadata[METADATA_KEY]["fingerprint"]
+    metadata_file.write_text(json.dumps(metadata))
+    assert registry.read_record(path).get("fingerprint") is None
+    seen = []
+    monkeypatch.setattr(commands, "reference_build", lambda record: seen.append(record["fingerprint"]) or True)
+    commands.datasets_list_command()
+    assert seen == [expected] and "│ reference" in capsys.readouterr().out
+

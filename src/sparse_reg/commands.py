@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .console import wide_console
 from .data.dataset import DatasetError
+from .data.minari_storage import read_built
 from .data.reference import D4RL_REFERENCE_SCORES, GYMNASIUM_ENV_FOR_FAMILY
 from .data.registry import (
     REFERENCE_KERNEL_HINT,
@@ -235,6 +236,8 @@ def datasets_list_command(root: Path | None = None, policies: Path | None = None
             ref = record.get("reference", {})
             random_ref = _fmt(ref.get("random", minari_info.get("ref_min_score")))
             expert_ref = _fmt(ref.get("expert", minari_info.get("ref_max_score")))
+            if record.get("fingerprint") is None:  # built before records kept it: take it from the data
+                record["fingerprint"] = _data_fingerprint(row.path, row.name)
             is_reference = reference_build(record)
             bits, other_bits = BUILD_BITS[is_reference], other_bits or is_reference is False
         elif row.can_build:
@@ -250,6 +253,13 @@ def datasets_list_command(root: Path | None = None, policies: Path | None = None
         wide_console().print(f"[yellow]'other' bits: built with a BLAS kernel that rounds the behaviour policy otherwise "
                              f"than the reference builds the committed results used (docs/datasets.md); {REFERENCE_KERNEL_HINT} "
                              f"reproduces them (sparse-reg datasets make NAME --force)[/yellow]")
+
+
+def _data_fingerprint(path: Path, name: str) -> str | None:
+    try:
+        return read_built(path, name).fingerprint()
+    except (DatasetError, OSError):
+        return None
 
 
 # Whether a build is the reference build (registry.reference_build), as the datasets table says it.
