@@ -51,8 +51,8 @@ or ``$OPENBLAS_CORETYPE``): the behaviour policy's float32 matrix products round
 the AVX-512 ("SkylakeX") and AVX2 ("Haswell") kernels, and MuJoCo's chaotic dynamics turn one
 action's last bit into other episodes. The data are the same in distribution, not in bits.
 :data:`REFERENCE_FINGERPRINTS` are the builds (seed 0, default size) that most results under
-``docs/results`` used, made with the SkylakeX kernel: a build that differs gets a warning, and ``OPENBLAS_CORETYPE=SkylakeX`` (on an
-AVX-512 CPU) reproduces them bit for bit. ``medium-replay`` has no rollouts, so it is the same
+``docs/results`` used, made with the SkylakeX kernel: a build that differs gets a warning, and
+``OPENBLAS_CORETYPE=SkylakeX`` (on an AVX-512 CPU) reproduces them bit for bit. ``medium-replay`` has no rollouts, so it is the same
 everywhere. Each build records its fingerprint and BLAS kernel.
 
 This module owns the names and the build; the pieces it builds from are their own modules:
