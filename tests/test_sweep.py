@@ -236,7 +236,10 @@ def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_
     result = run_sweep(config, "quick", runs_dir, mode="processes", workers=1, progress=False)
     assert (len(result.done), len(result.skipped), len(result.failed)) == (1, 0, 1)
     # Without a progress bar (a log file) each run gets a line as it ends: position, cell, seed, outcome.
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    out = capsys.readouterr().out
+    # The start line says how long the pending runs should take on the workers asked for.
+    assert re.search(r"0 finished, 2 to run on local, about \d+(\.\d)? (s|min) on 1 core if nothing else runs", out)
+    lines = [line for line in out.splitlines() if line.startswith("[")]
     assert len(lines) == 2 and {line[:5] for line in lines} == {"[1/2]", "[2/2]"}
     good_line = next(line for line in lines if "hopper_random-1000-dense seed 0: " in line)
     assert re.search(r"seed 0: -?\d+\.\d normalised \(final return -?\d+\), \d+ s$", good_line)
@@ -394,8 +397,8 @@ def test_sizes_given_as_counts_in_toml_expand_to_whole_numbers(tmp_path):
 def test_time_estimate_runs_each_run_on_one_core():
     from types import SimpleNamespace
 
-    def run(algo, steps=30_000):
-        config = RunConfig(algo=algo, steps=steps, eval_every=3000, eval_episodes=5)
+    def run(algo, steps=30_000, **fields):
+        config = RunConfig(algo=algo, steps=steps, eval_every=3000, eval_episodes=5, **{"sparsity": 0.0, **fields})
         return SimpleNamespace(job=SimpleNamespace(config=config), cell=SimpleNamespace(id=algo))
 
     # IQL, one pinned core: 30 s start + 30k / 140 updates/s + 10 evaluations x (1 + 5 x 0.1) s
@@ -411,6 +414,13 @@ def test_time_estimate_runs_each_run_on_one_core():
     # A cell timed by its finished runs takes that time: 2 IQL runs of 600 s, one per core.
     assert sweep.estimate_seconds([run("iql")] * 2, measured={"iql": 600.0}) == pytest.approx(600)
     assert sweep.estimate_seconds([run("iql"), run("bc")], measured={"iql": 10.0}) == pytest.approx(bc)
+    # Narrower networks: a fixed 5% plus the hidden matmul's (width/256)^2; sparse runs 0.65 of dense.
+    iql_updates = 30_000 / 140
+    assert sweep.run_seconds(run("iql", hidden_dims=(128, 128)).job.config) == pytest.approx(
+        one - iql_updates + iql_updates * (0.05 + 0.95 * 0.25))
+    assert sweep.run_seconds(run("iql", hidden_dims=(64, 128)).job.config) == pytest.approx(
+        one - iql_updates + iql_updates * (0.05 + 0.95 * (96 / 256) ** 2))
+    assert sweep.run_seconds(run("iql", sparsity="auto").job.config) == pytest.approx(one - iql_updates + iql_updates * 0.65)
 
 
 def test_finished_runs_time_the_other_seeds_of_their_cell(tmp_path, capsys):
