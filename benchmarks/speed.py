@@ -33,6 +33,7 @@ from sparse_reg.algorithms import ALGORITHMS, Batch
 from sparse_reg.data.collect import collect_rollouts
 from sparse_reg.data.reference import D4RL_REFERENCE_SCORES
 from sparse_reg.live_layout import LiveNet, block_fraction, live_networks, state_to_dense, state_to_live
+from sparse_reg.provenance import cpu_info
 from sparse_reg.sparsity import SparseRegConfig, live_units
 from sparse_reg.training.compile_cache import CACHE_ENV
 from sparse_reg.training.config import RunConfig
@@ -336,17 +337,7 @@ def machine_description() -> dict:
 
     Sessions land on different hosts, so two result files are only comparable when these match.
     """
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:  # not Linux
-        pass
+    model, flags = cpu_info()
     isa = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if name in flags]
     return {"cpu_model": model, "cpu_isa": isa, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

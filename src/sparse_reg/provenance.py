@@ -27,19 +27,28 @@ def code_version() -> str:
 
 
 @functools.cache
-def machine() -> str:
-    """The machine a run ran on, as its summary records it: CPU model and core count, and the
-    accelerator where JAX uses one ("AMD EPYC (2 cores)", "... (16 cores), NVIDIA H100 80GB HBM3").
-    Wall times are comparable only between runs of the same machine (hosts differ ~2x)."""
-    model = platform.processor() or "unknown CPU"
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; elsewhere what
+    ``platform`` says, and no flags)."""
+    model, flags = platform.processor() or "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
-                break
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break  # the first core's block is enough
     except OSError:  # not Linux
         pass
+    return model, flags
+
+
+def machine() -> str:
+    """The machine a run ran on, as its summary records it: CPU model and core count, and the
+    accelerator where JAX uses one ("AMD EPYC (2 cores)", "... (16 cores), NVIDIA H100 80GB HBM3").
+    Wall times are comparable only between runs of the same machine (hosts differ ~2x)."""
+    model, _ = cpu_info()
     text = f"{model} ({os.cpu_count()} cores)"
     try:
         import jax
