@@ -267,6 +267,44 @@ def test_local_sweep_records_failures_skips_and_resumes(tmp_path, hopper_random_
     assert [r.out for r in result.done] == [good] and (good / "summary.json").exists()
 
 
+def test_a_sweep_copies_the_runs_another_experiment_already_finished(tmp_path, hopper_random_npz, capsys):
+    # "tiny" finishes seed 0; "other", another experiment, asks for the same cell (same algorithm,
+    # data, size and settings) with seeds 0 and 1: its seed 0 is copied, seed 1 runs.
+    runs = tmp_path / "runs"
+    run_sweep(tiny_config(tmp_path, [hopper_random_npz]), "quick", runs, mode="sequential", progress=False)
+    source = runs / "tiny" / "hopper_random-1000-dense" / "seed_0"
+    other = tmp_path / "other.toml"
+    other.write_text(tiny_config(tmp_path, [hopper_random_npz], seeds=(0, 1)).read_text()
+                     .replace('name = "tiny"', 'name = "other"'))
+    capsys.readouterr()
+    # A dry run says what it would copy; nothing is written.
+    run_sweep(other, "quick", runs, dry_run=True, reuse=[runs / "tiny"])
+    plan = " ".join(capsys.readouterr().out.split())
+    assert "1 to run, 0 to resume, 0 finished, 1 to copy from finished runs elsewhere" in plan
+    assert not (runs / "other").exists()
+
+    result = run_sweep(other, "quick", runs, mode="sequential", progress=False, reuse=[runs])
+    copy = runs / "other" / "hopper_random-1000-dense" / "seed_0"
+    assert [r.out for r, _ in result.reused] == [copy] and [r.seed for r in result.done] == [1]
+    assert "1 reused" in result.line() and "1 copied from finished runs elsewhere, 1 to run" in capsys.readouterr().out
+    assert (copy / "metrics.csv").read_bytes() == (source / "metrics.csv").read_bytes()
+    tags = json.loads((copy / TAGS_FILE).read_text())
+    assert tags["experiment"] == "other" and tags["reused_from"] == str(source)
+    assert json.loads((source / TAGS_FILE).read_text())["experiment"] == "tiny"  # the source is untouched
+    assert not list(copy.parent.glob("*.reusing"))
+    # Next time the copy is this sweep's own finished run, and still says where it came from.
+    result = run_sweep(other, "quick", runs, mode="sequential", progress=False, reuse=[runs])
+    assert len(result.skipped) == 2 and not result.reused
+    assert json.loads((copy / TAGS_FILE).read_text())["reused_from"] == str(source)
+
+    # A run that computes something else is not reused: the paper budget's 400 steps.
+    states = sweep.reusable([(run, *run_state(run)) for run in expand(load_experiment(other), "paper", tmp_path / "p")],
+                            sweep.finished_runs([runs]))
+    assert [state for _, state, _ in states] == [sweep.FRESH]
+    with pytest.raises(ExperimentError, match="--reuse .*nowhere: no such directory"):
+        sweep.finished_runs([tmp_path / "nowhere"])
+
+
 def test_sweep_builds_project_datasets_first_quietly_without_progress(tmp_path, monkeypatch, capsys):
     # With --no-progress (a log file) the dataset build prints one line, not progress bars; a
     # dataset that cannot be built fails its runs before any worker starts.

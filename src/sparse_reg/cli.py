@@ -168,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _sweep_options(args: argparse.Namespace) -> dict:
     """The options ``sweep`` and ``reproduce`` share, as the keyword arguments of their commands."""
     return dict(budget=args.budget, runs_dir=args.runs_dir, backend=args.backend, address=args.address,
-                workers=args.workers, progress=not args.no_progress, only=args.only)
+                workers=args.workers, progress=not args.no_progress, only=args.only, reuse=args.reuse)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -216,6 +216,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                    help="run only the matching runs; KEY: a grid axis (dataset, size, algo, ...), variant, seed "
                    "or cell; wildcards and 5k/1M allowed; repeat to narrow (e.g. --only dataset=hopper-* --only seed=0)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="copy, instead of running, any run that a finished run under DIR already computed (same "
+                   "algorithm, data, size, seed and settings; e.g. --reuse runs/quick: experiments share cells); repeatable")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: one line per run as it ends (its score and wall time), for a log file")
 

@@ -149,17 +149,17 @@ def demo_command(out: str | Path, *, steps: int, size: int, dataset: str, record
 
 
 def _sweep(config: str, *, budget: str, runs_dir: str | Path | None, backend: str, address: str | None,
-           workers: int | None, progress: bool, only: list[str], dry_run: bool = False):
+           workers: int | None, progress: bool, only: list[str], reuse: list[str] = (), dry_run: bool = False):
     from .experiments.sweep import run_sweep
 
     runs_dir = Path(runs_dir) if runs_dir else Path("runs") / budget
     return run_sweep(config, budget=budget, runs_dir=runs_dir, backend=backend, address=address, workers=workers,
-                     dry_run=dry_run, progress=progress, only=only)
+                     dry_run=dry_run, progress=progress, only=only, reuse=reuse)
 
 
 def sweep_command(config: str, *, dry_run: bool = False, **options) -> int:
     """``sparse-reg sweep``: run (or, ``dry_run``, list) an experiment's runs; 1 if any failed.
-    ``options``: budget, runs_dir (default runs/<budget>), backend, address, workers, progress, only."""
+    ``options``: budget, runs_dir (default runs/<budget>), backend, address, workers, progress, only, reuse."""
     return 0 if _sweep(config, dry_run=dry_run, **options).ok else 1
 
 

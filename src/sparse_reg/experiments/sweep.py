@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 import statistics
 import time
 import tomllib
@@ -42,6 +43,7 @@ BUDGETS = ("quick", "paper")
 TAGS_FILE = "tags.json"
 SWEEP_FILE = "sweep.json"
 ERROR_FILE = "error.txt"
+REUSED_KEY = "reused_from"  # in tags.json: the finished run a sweep copied instead of running it
 
 BUDGET_OWNED = ("steps", "seed", "eval_every", "eval_episodes")  # set by the budget only
 RUN_FIELDS = {f for f in RunConfig.__dataclass_fields__}
@@ -428,7 +430,7 @@ def measured_cell_seconds(finished: Iterable[SweepRun], on: str | None = None) -
 # ----------------------------------------------------------------------------- run state
 
 
-SKIP, RESUME, FRESH, CONFLICT = "skip", "resume", "run", "conflict"
+SKIP, RESUME, FRESH, CONFLICT, REUSE = "skip", "resume", "run", "conflict", "reuse"
 
 
 def run_state(run: SweepRun) -> tuple[str, str]:
@@ -449,6 +451,62 @@ def run_state(run: SweepRun) -> tuple[str, str]:
     return FRESH, "new" if not out.exists() else "no checkpoint yet: start over"
 
 
+# ----------------------------------------------------------------------------- reusing finished runs
+
+
+def finished_runs(roots: Iterable[str | Path]) -> dict[str, Path]:
+    """The finished runs anywhere under ``roots`` (other sweeps' run directories, exported results),
+    keyed by what they compute: their config's result fields. The first of equal runs wins.
+
+    Paper experiments share cells (Figure 3's IQL cells are Table 1's and Table 4's; Table 2's dense
+    and sparse cells are Table 1's), and a run is the same run whichever experiment asks for it."""
+    index: dict[str, Path] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise ExperimentError(f"--reuse {root}: no such directory")
+        for config_path in sorted(root.rglob(CONFIG_FILE)):
+            out = config_path.parent
+            if not is_finished(out):
+                continue
+            try:
+                fields = RunConfig.of_run(out).result_fields()
+            except (OSError, ValueError, TypeError):  # not a run's config, or an unreadable one
+                continue
+            index.setdefault(_result_key(fields), out)
+    return index
+
+
+def _result_key(fields: dict) -> str:
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def reusable(states: list[tuple[SweepRun, str, str]], index: dict[str, Path]) -> list[tuple[SweepRun, str, str]]:
+    """``states`` with each run still to start from scratch that ``index`` holds marked REUSE
+    (its reason: where the finished run is)."""
+    if not index:
+        return states
+    marked = []
+    for run, state, reason in states:
+        source = index.get(_result_key(run.job.config.result_fields())) if state == FRESH else None
+        if source is not None and source.resolve() != run.out.resolve():
+            state, reason = REUSE, str(source)
+        marked.append((run, state, reason))
+    return marked
+
+
+def copy_finished_run(source: Path, out: Path) -> None:
+    """Copy the finished run ``source`` to ``out`` (which holds no checkpoint or summary) so that a
+    kill leaves either the old ``out`` or the whole copy: copied beside it, then renamed."""
+    staging = out.with_name(out.name + ".reusing")
+    shutil.rmtree(staging, ignore_errors=True)  # a copy a kill interrupted
+    shutil.copytree(source, staging)
+    (staging / TAGS_FILE).unlink(missing_ok=True)  # the source experiment's; the sweep writes its own
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -460,13 +518,15 @@ class SweepResult:
     done: list[SweepRun] = field(default_factory=list)
     skipped: list[SweepRun] = field(default_factory=list)
     failed: list[tuple[SweepRun, str]] = field(default_factory=list)  # (run, one-line reason)
+    reused: list[tuple[SweepRun, Path]] = field(default_factory=list)  # (run, the finished run copied)
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def line(self) -> str:
-        return (f"{self.experiment} ({self.budget}): {len(self.done)} done, {len(self.skipped)} skipped, "
+        reused = f", {len(self.reused)} reused" if self.reused else ""
+        return (f"{self.experiment} ({self.budget}): {len(self.done)} done, {len(self.skipped)} skipped{reused}, "
                 f"{len(self.failed)} failed")
 
 
@@ -482,6 +542,7 @@ def run_sweep(
     progress: bool = True,
     console=None,
     only: Sequence[str] = (),
+    reuse: Sequence[str | Path] = (),
 ) -> SweepResult:
     """Run (or with ``dry_run`` list) every run of ``experiment`` under ``budget``.
 
@@ -491,6 +552,8 @@ def run_sweep(
     local Ray instance started (and stopped) here when ``address`` is None and none is running.
     ``workers``: how many cores the local backend's process queue uses (default: all).
     ``only``: run just the matching runs (see :func:`select`), e.g. ``["dataset=hopper-*", "seed=0"]``.
+    ``reuse``: directories searched for finished runs that compute what a run of this sweep would
+    (same result fields, e.g. another experiment's cell): those are copied instead of run.
     """
     from ..console import wide_console
 
@@ -505,6 +568,7 @@ def run_sweep(
     runs = expand(experiment, budget, runs_dir)
     result = SweepResult(experiment.name, budget, Path(runs_dir))
     states = [(run, *run_state(run)) for run in select(runs, only)]
+    states = reusable(states, finished_runs(reuse)) if reuse else states
     if dry_run:
         _print_plan(console, experiment, budget, states, _selected(runs, only))
         return result
@@ -515,6 +579,10 @@ def run_sweep(
         if state == SKIP:
             _write_tags(run, experiment)
             result.skipped.append(run)
+        elif state == REUSE:
+            copy_finished_run(Path(reason), run.out)
+            _write_tags(run, experiment, reused_from=Path(reason))
+            result.reused.append((run, Path(reason)))
         elif state == CONFLICT:
             result.failed.append((run, reason))
         else:
@@ -523,7 +591,8 @@ def run_sweep(
     console.print(f"{experiment.name} ({experiment.paper}, budget {budget}: {b.steps:,} steps, "
                   f"{_plural(len(b.seeds), 'seed')}): {_plural(len(states), 'run')}{_selected(runs, only)}, "
                   f"{len(result.skipped)} finished, "
-                  f"{len(pending)} to run on {backend}{_eta(pending, result.skipped, backend, workers)}",
+                  + (f"{len(result.reused)} copied from finished runs elsewhere, " if result.reused else "")
+                  + f"{len(pending)} to run on {backend}{_eta(pending, result.skipped, backend, workers)}",
                   markup=False, highlight=False)
     pending = _prepare_datasets(pending, result, experiment, console, progress)
 
@@ -604,9 +673,19 @@ def _family_kind(dataset: str) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _write_tags(run: SweepRun, experiment: Experiment) -> None:
-    if run.out.is_dir():
-        (run.out / TAGS_FILE).write_text(json.dumps(run.tags(experiment), indent=2) + "\n")
+def _write_tags(run: SweepRun, experiment: Experiment, reused_from: Path | None = None) -> None:
+    if not run.out.is_dir():
+        return
+    tags = run.tags(experiment)
+    if reused_from is None and (run.out / TAGS_FILE).exists():  # a reused run keeps saying where it came from
+        try:
+            previous = read_json(run.out / TAGS_FILE)
+            reused_from = previous.get(REUSED_KEY) if isinstance(previous, dict) else None
+        except (OSError, RunFileError):
+            pass
+    if reused_from is not None:
+        tags[REUSED_KEY] = str(reused_from)
+    (run.out / TAGS_FILE).write_text(json.dumps(tags, indent=2) + "\n")
 
 
 def _write_manifest(experiment: Experiment, budget: str, runs: list[SweepRun], runs_dir: Path) -> Path:
@@ -691,7 +770,7 @@ def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple
         summary = "; ".join(f"{','.join(seeds)}: {action}" for action, seeds in actions.items())
         table.add_row(Text(cell_id), Text(summary))
     console.print(table)
-    counts = {s: sum(1 for _, state, _ in states if state == s) for s in (FRESH, RESUME, SKIP, CONFLICT)}
+    counts = {s: sum(1 for _, state, _ in states if state == s) for s in (FRESH, RESUME, SKIP, CONFLICT, REUSE)}
     b = experiment.budgets[budget]
     todo = [run for run, state, _ in states if state in (FRESH, RESUME)]
     measured = measured_cell_seconds(run for run, state, _ in states if state == SKIP)
@@ -700,7 +779,9 @@ def _print_plan(console, experiment: Experiment, budget: str, states: list[tuple
            if 0 < timed < len(todo) else " (timed by the finished runs of their cells here)" if timed else "")
     console.print(f"{_plural(len(states), 'run')}{selected} ({_plural(len(by_cell), 'cell')} x {_plural(len(b.seeds), 'seed')}, "
                   f"{b.steps:,} steps each): {counts[FRESH]} to run, {counts[RESUME]} to resume, "
-                  f"{counts[SKIP]} finished, {counts[CONFLICT]} in conflict; about "
+                  f"{counts[SKIP]} finished, "
+                  + (f"{counts[REUSE]} to copy from finished runs elsewhere, " if counts[REUSE] else "")
+                  + f"{counts[CONFLICT]} in conflict; about "
                   f"{format_duration(estimate_seconds(todo, measured=measured))} on an idle 2-core CPU{how}",
                   markup=False, highlight=False)
     if b.cuts:
