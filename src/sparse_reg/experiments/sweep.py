@@ -483,13 +483,12 @@ def _result_key(fields: dict) -> str:
 
 def reusable(states: list[tuple[SweepRun, str, str]], index: dict[str, Path]) -> list[tuple[SweepRun, str, str]]:
     """``states`` with each run still to start from scratch that ``index`` holds marked REUSE
-    (its reason: where the finished run is)."""
-    if not index:
-        return states
+    (its reason: where the finished run is). A FRESH run's own directory holds no summary, so the
+    index never points a run at itself."""
     marked = []
     for run, state, reason in states:
         source = index.get(_result_key(run.job.config.result_fields())) if state == FRESH else None
-        if source is not None and source.resolve() != run.out.resolve():
+        if source is not None:
             state, reason = REUSE, str(source)
         marked.append((run, state, reason))
     return marked
